@@ -1,0 +1,41 @@
+# The README's two set-up commands:
+#   make bench   the main job: set up, then benchmark the built-in tiny model
+#   make test    set up, then run the test suite
+# Each does all of its own set-up on a fresh machine: a local virtual environment in
+# .venv, torch (pinned to the CPU-capable 2.13.0 wheel only when no torch is present, so a
+# machine without a GPU never downloads CUDA wheels), the dependencies and the package.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+TORCH_PIN ?= torch==2.13.0
+# Reuse a torch that the system already has (e.g. a GPU machine with CUDA torch
+# preinstalled and no network) instead of installing another one.
+VENV_FLAGS := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
+STAMP   := $(VENV)/.l2rec-installed
+
+.PHONY: setup test bench cuda-check lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q "setuptools>=64" wheel
+	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/latency.py --quick
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

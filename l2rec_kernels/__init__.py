@@ -1,0 +1,10 @@
+"""l2rec-kernels: fast inference for L2Rec dual-view personalised LLM recommenders.
+
+Public API only. Importing this package never imports triton kernels, the CUDA extension,
+or queries CUDA; those happen on first use.
+"""
+
+from ._backend import backend_info
+
+__all__ = ["backend_info"]
+__version__ = "0.1.0"

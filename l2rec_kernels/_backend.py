@@ -1,0 +1,145 @@
+"""Backend discovery and choice.
+
+Three implementations stand behind every op:
+
+* ``"torch"``  pure PyTorch; runs everywhere and is the CPU default.
+* ``"triton"`` Triton kernels; CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was
+  set before triton was imported (that is how CI tests them).
+* ``"cuda"``   the optional compiled extension ``l2rec_kernels._C`` (routing and batch
+  metadata only); CUDA tensors, where the extension was built.
+
+``"auto"`` picks the fastest usable one for the tensors at hand. Nothing here runs at
+import time: the extension is imported and CUDA is queried only when first asked.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "torch")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    try:
+        importlib.import_module("triton")
+    except Exception as exc:  # a broken install must not break the package
+        return f"importing triton failed: {exc!r}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_ext_import_error() -> str | None:
+    try:
+        importlib.import_module("l2rec_kernels._C")
+    except ImportError as exc:
+        return (
+            "the CUDA extension l2rec_kernels._C is not built here "
+            f"({exc}); it is built by `pip install --no-build-isolation -e .` where CUDA "
+            "torch and nvcc exist"
+        )
+    return None
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """None when Triton kernels can run on tensors of ``device``, else why not."""
+    err = _triton_import_error()
+    if err is not None:
+        return err
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if _interpreting():
+            return None
+        return "CPU tensors need TRITON_INTERPRET=1 set before triton is imported"
+    return f"triton kernels do not support device type {device.type!r}"
+
+
+def cuda_ext_unavailable_reason(device: torch.device) -> str | None:
+    """None when the compiled extension can run on tensors of ``device``, else why not."""
+    if device.type != "cuda":
+        return f"the CUDA extension needs CUDA tensors, got device {device.type!r}"
+    return _cuda_ext_import_error()
+
+
+def load_cuda_ext():
+    """The imported extension module; call only after ``cuda_ext_unavailable_reason`` is None."""
+    return importlib.import_module("l2rec_kernels._C")
+
+
+def resolve_backend(backend: str, device: torch.device, op: str,
+                    supported: tuple[str, ...] = ("triton", "torch")) -> str:
+    """Turn a requested backend into the one that will run ``op`` on ``device``.
+
+    ``auto`` prefers cuda > triton > torch among ``supported`` for CUDA tensors, and torch for
+    CPU tensors (the interpreter is for testing, not speed). An explicit backend that cannot
+    run raises ``ValueError`` saying why, never a silent fallback.
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda":
+            for cand in ("cuda", "triton"):
+                if cand in supported and _unavailable(cand, device) is None:
+                    return cand
+        return "torch"
+    if backend not in supported:
+        raise ValueError(
+            f"backend={backend!r} is not implemented for {op}; it supports {supported}"
+        )
+    reason = _unavailable(backend, device)
+    if reason is not None:
+        raise ValueError(f"backend={backend!r} cannot run {op} here: {reason}")
+    return backend
+
+
+def _unavailable(backend: str, device: torch.device) -> str | None:
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        return triton_unavailable_reason(device)
+    if backend == "cuda":
+        return cuda_ext_unavailable_reason(device)
+    raise ValueError(backend)
+
+
+def backend_info() -> dict[str, dict[str, object]]:
+    """Which backends are usable here, and why not the others.
+
+    Returns ``{name: {"available": bool, "reason": str}}`` for ``torch``, ``triton`` and
+    ``cuda``, judged for CUDA tensors when a GPU is visible and for CPU tensors otherwise.
+    """
+    has_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if has_gpu else "cpu")
+    info: dict[str, dict[str, object]] = {
+        "torch": {"available": True, "reason": f"torch {torch.__version__}"},
+    }
+    for name in ("triton", "cuda"):
+        reason = _unavailable(name, device)
+        if reason is None:
+            if name == "triton":
+                import triton
+
+                where = "GPU" if has_gpu else "CPU via TRITON_INTERPRET=1"
+                reason = f"triton {triton.__version__} ({where})"
+            else:
+                reason = f"l2rec_kernels._C loaded ({torch.cuda.get_device_name()})"
+            info[name] = {"available": True, "reason": reason}
+        else:
+            info[name] = {"available": False, "reason": reason}
+    info["device"] = {
+        "available": has_gpu,
+        "reason": torch.cuda.get_device_name() if has_gpu else "no CUDA GPU visible",
+    }
+    return info

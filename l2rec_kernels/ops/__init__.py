@@ -1,0 +1,1 @@
+"""The ops: each module holds one op's Triton kernel, launcher, torch path and registration."""
