@@ -5,6 +5,8 @@ or queries CUDA; those happen on first use.
 """
 
 from ._backend import backend_info
+from .models.config import L2RecConfig
+from .models.inputs import L2RecOutput
 
-__all__ = ["backend_info"]
+__all__ = ["L2RecConfig", "L2RecOutput", "backend_info"]
 __version__ = "0.1.0"

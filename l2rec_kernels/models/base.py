@@ -1,0 +1,232 @@
+"""What ``L2Rec`` and ``FusedL2Rec`` share: parameters, view encoders, heads, checkpoints.
+
+The two models differ only in how the backbone is run for the two views
+(``_dual_hidden``) and how the gates are routed; everything else lives here, so they have
+the same ``state_dict()`` keys, the same forward signature and the same checkpoint format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import adapters
+from .config import NUM_VIEWS, L2RecConfig
+from .encoders import SASRecEncoder, last_true_index, semantic_summary
+from .heads import CrossViewFusion, ItemScorer, ViewRouter
+from .inputs import L2RecOutput, check_forward_inputs
+
+CONFIG_NAME = "l2rec_config.json"
+WEIGHTS_NAME = "l2rec_weights.safetensors"
+FORMAT_VERSION = 1
+
+
+def _backbone_fingerprint(backbone: nn.Module) -> dict:
+    cfg = backbone.config
+    return {"model_type": getattr(cfg, "model_type", None), "hidden_size": cfg.hidden_size,
+            "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+            "vocab_size": getattr(cfg, "vocab_size", None)}
+
+
+class L2RecBase(nn.Module):
+    """Parameters and heads of an L2Rec model over a frozen Hugging Face backbone."""
+
+    def __init__(self, backbone: nn.Module, config: L2RecConfig) -> None:
+        super().__init__()
+        if not isinstance(config, L2RecConfig):
+            raise TypeError(f"config must be an L2RecConfig, got {type(config).__name__}")
+        if not isinstance(backbone, nn.Module) or not hasattr(backbone, "config") \
+                or not hasattr(backbone.config, "hidden_size"):
+            raise TypeError("backbone must be a transformers PreTrainedModel (a torch Module "
+                            f"with .config.hidden_size), got {type(backbone).__name__}")
+        self.config = config
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        hidden = backbone.config.hidden_size
+        d_sem = config.semantic_dim or hidden
+        device = next(backbone.parameters()).device
+
+        linears = adapters.find_target_linears(backbone, config.target_modules)
+        self.experts = nn.ModuleDict({
+            adapters.expert_key(name): adapters.DPMoEExperts(
+                m.in_features, m.out_features, config.num_experts, config.rank)
+            for name, m in linears.items()
+        })
+        self.behavior_encoder = SASRecEncoder(config.num_items, config.behavior_dim,
+                                              config.max_history, config.sasrec_layers,
+                                              config.sasrec_heads)
+        table = torch.randn(config.num_items + 1, d_sem) * d_sem ** -0.5
+        table[0] = 0.0
+        # The item-text table is data, not a parameter: set it from titles with
+        # ``set_item_text_table(build_item_text_table(...))``.
+        self.register_buffer("item_text_table", table)
+        self.routers = nn.ModuleList([
+            ViewRouter(config.behavior_dim, config.router_hidden, config.num_experts),
+            ViewRouter(d_sem, config.router_hidden, config.num_experts),
+        ])
+        self.fusion = CrossViewFusion(hidden, config.pref_dim, config.fusion_hidden)
+        self.scorer = ItemScorer(config.behavior_dim, d_sem, config.pref_dim,
+                                 config.score_temperature)
+        if not config.train_view_encoders:
+            self.behavior_encoder.requires_grad_(False)
+        self._to_backbone_device(device)
+        # Plain dict (not a registered submodule): which backbone linear owns which experts.
+        self._targets = {m: self.experts[adapters.expert_key(n)] for n, m in linears.items()}
+        for m in self._targets:
+            adapters.install(m)
+        self.validate_inputs = True
+
+    def _to_backbone_device(self, device: torch.device) -> None:
+        for name, child in self.named_children():
+            if name != "backbone":
+                child.to(device)
+        self.item_text_table = self.item_text_table.to(device)
+
+    # ----------------------------------------------------------------- pieces of a forward
+    @property
+    def num_items(self) -> int:
+        return self.config.num_items
+
+    def encode_views(self, history_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u_b [B, d_cf], u_s [B, d_sem]) from the interaction history."""
+        return self.behavior_encoder(history_ids), semantic_summary(history_ids, self.item_text_table)
+
+    def gate_logits(self, history_ids: torch.Tensor) -> torch.Tensor:
+        """Router logits for both views, [2, B, E]."""
+        u_b, u_s = self.encode_views(history_ids)
+        return torch.stack([self.routers[0](u_b), self.routers[1](u_s)])
+
+    def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """e_i for ``item_ids``, or the whole table [num_items + 1, pref_dim] when None."""
+        return self.scorer.item_embeddings(self.behavior_encoder.item_emb.weight,
+                                           self.item_text_table, item_ids)
+
+    def score(self, z: torch.Tensor, candidate_ids: torch.Tensor | None) -> torch.Tensor:
+        if candidate_ids is None:
+            scores = self.scorer.score(z, self.item_embeddings())
+            scores[:, 0] = float("-inf")  # the padding item is never a recommendation
+            return scores
+        items = self.item_embeddings(candidate_ids)
+        return self.scorer.score(z, items)
+
+    def route_gates(self, logits: torch.Tensor) -> torch.Tensor:
+        """[2, B, E] logits -> [2, B, E] gates; subclasses choose how."""
+        raise NotImplementedError
+
+    def _dual_hidden(self, input_ids: torch.Tensor, mask: torch.Tensor,
+                     gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_b, h_s): the last attended hidden state of each view's pass, [B, hidden] each."""
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                history_ids: torch.Tensor, candidate_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> L2RecOutput:
+        """Score items for each user (DESIGN.md section 3).
+
+        input_ids [B, T], attention_mask [B, T] (prompts padded on either side),
+        history_ids [B, H] (0 = padding), candidate_ids [C] or [B, C] (None: the whole
+        catalogue), labels [B] (indices into candidate_ids, or item ids for the catalogue).
+        """
+        mask = check_forward_inputs(
+            input_ids, attention_mask, history_ids, candidate_ids, labels,
+            vocab_size=self.backbone.config.vocab_size, num_items=self.num_items,
+            max_history=self.config.max_history, check_values=self.validate_inputs)
+        if input_ids.shape[0] == 0:
+            raise ValueError("input_ids must have at least one row (got an empty batch)")
+        gates = self.route_gates(self.gate_logits(history_ids))
+        h_b, h_s = self._dual_hidden(input_ids, mask, gates)
+        z = self.fusion(h_b, h_s)
+        scores = self.score(z, candidate_ids)
+        loss = None if labels is None else F.cross_entropy(scores.float(), labels.long())
+        return L2RecOutput(scores=scores, preference=z, gates=gates, loss=loss)
+
+    @torch.no_grad()
+    def recommend(self, input_ids, attention_mask, history_ids, k: int = 10,
+                  exclude_history: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best catalogue items per user: (scores [B, k] descending, item_ids [B, k]).
+
+        The padding item is never returned; with ``exclude_history`` neither are the items
+        already in the user's history.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
+            raise ValueError(f"k must be an int in [1, num_items={self.num_items}], got {k!r}")
+        scores = self.forward(input_ids, attention_mask, history_ids).scores
+        if exclude_history:
+            scores = scores.scatter(1, history_ids.long(), float("-inf"))
+        top = torch.topk(scores, k, dim=-1)
+        return top.values, top.indices
+
+    # ----------------------------------------------------------------- adapters lifecycle
+    def remove_adapters(self) -> None:
+        """Give the backbone back its plain linears (this model can no longer run)."""
+        for m in self._targets:
+            adapters.uninstall(m)
+        self._targets = {}
+
+    def set_item_text_table(self, table: torch.Tensor) -> None:
+        """Replace the semantic view's item-text table, [num_items + 1, d_sem]."""
+        want = tuple(self.item_text_table.shape)
+        if not isinstance(table, torch.Tensor) or tuple(table.shape) != want:
+            got = tuple(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__
+            raise ValueError(f"table must be a tensor of shape {want}, got {got}")
+        self.item_text_table = table.detach().to(self.item_text_table)
+
+    # ----------------------------------------------------------------- checkpoints
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        """L2Rec's own tensors: everything but the user-supplied backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``l2rec_config.json`` and ``l2rec_weights.safetensors`` (no pickle)."""
+        os.makedirs(path, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.own_state_dict().items()}
+        save_file(tensors, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+        meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
+                "backbone": _backbone_fingerprint(self.backbone)}
+        with open(os.path.join(path, CONFIG_NAME), "w") as f:
+            json.dump(meta, f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, backbone: nn.Module, **kwargs):
+        """Rebuild a saved model on ``backbone`` (which the user loads; it is not saved)."""
+        cfg_path, w_path = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
+        for p in (cfg_path, w_path):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{p} not found: is {path!s} an L2Rec checkpoint?")
+        with open(cfg_path) as f:
+            meta = json.load(f)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported checkpoint format_version {meta.get('format_version')!r}")
+        saved, given = meta["backbone"], _backbone_fingerprint(backbone)
+        if saved != given:
+            raise ValueError(f"backbone does not match the checkpoint: saved for {saved}, got {given}")
+        model = cls(backbone, L2RecConfig.from_dict(meta["config"]), **kwargs)
+        model.load_own_state_dict(load_file(w_path))
+        return model
+
+    def load_own_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        expected = self.own_state_dict()
+        missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint keys do not match the model: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        for k, v in tensors.items():
+            if v.shape != expected[k].shape:
+                raise ValueError(f"checkpoint tensor {k!r} has shape {list(v.shape)}, the model "
+                                 f"expects {list(expected[k].shape)}")
+        self.load_state_dict(tensors, strict=False)
+
+
+def gather_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden [B, T, H] at each row's last attended position -> [B, H]."""
+    idx = last_true_index(mask)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+
+__all__ = ["NUM_VIEWS", "L2RecBase", "gather_last"]

@@ -1,0 +1,87 @@
+"""Forward inputs and outputs shared by ``L2Rec`` and ``FusedL2Rec``.
+
+``check_forward_inputs`` is the one place bad input is caught for both models: every
+problem is a ``TypeError``/``ValueError`` naming the argument. Range checks read values
+(a host sync on GPU); models expose ``validate_inputs`` to turn them off for a trusted,
+latency-bound caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._validation import check_int, check_range, check_shape, check_tensor
+
+
+@dataclass
+class L2RecOutput:
+    """What a forward returns.
+
+    scores      [B, C] over candidate_ids, or [B, num_items + 1] over the catalogue
+                (column 0 is the padding item and scores -inf)
+    preference  [B, pref_dim]: the fused user preference z
+    gates       [2, B, E]: view 0 behavioral, view 1 semantic
+    loss        cross-entropy over ``scores`` when labels are given, else None
+    """
+
+    scores: torch.Tensor
+    preference: torch.Tensor
+    gates: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+def check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, labels, *,
+                         vocab_size: int, num_items: int, max_history: int,
+                         check_values: bool = True) -> torch.Tensor:
+    """Validate a forward's arguments; returns the attention mask as a bool tensor."""
+    check_int("input_ids", input_ids, ndim=2)
+    batch, seq = input_ids.shape
+    if seq == 0:
+        raise ValueError("input_ids must have at least one token per row, got shape "
+                         f"{list(input_ids.shape)}")
+    device = input_ids.device
+    check_tensor("attention_mask", attention_mask, ndim=2, device=device)
+    if attention_mask.dtype.is_floating_point or attention_mask.is_complex():
+        raise TypeError(f"attention_mask must be a bool or integer tensor, got {attention_mask.dtype}")
+    check_shape("attention_mask", attention_mask, (batch, seq))
+    check_int("history_ids", history_ids, ndim=2, device=device)
+    if history_ids.shape[0] != batch:
+        raise ValueError(f"history_ids has batch size {history_ids.shape[0]} but input_ids has {batch}")
+    if history_ids.shape[1] > max_history:
+        raise ValueError(f"history_ids has {history_ids.shape[1]} columns but the model's "
+                         f"max_history is {max_history}")
+    if candidate_ids is not None:
+        check_int("candidate_ids", candidate_ids, device=device)
+        if candidate_ids.dim() == 2 and candidate_ids.shape[0] != batch:
+            raise ValueError(f"candidate_ids has batch size {candidate_ids.shape[0]} but "
+                             f"input_ids has {batch}")
+        if candidate_ids.dim() not in (1, 2) or candidate_ids.shape[-1] == 0:
+            raise ValueError("candidate_ids must have shape [C] or [B, C] with C >= 1, got "
+                             f"{list(candidate_ids.shape)}")
+    if labels is not None:
+        check_int("labels", labels, ndim=1, device=device)
+        check_shape("labels", labels, (batch,))
+    mask = attention_mask.bool()
+    if check_values:
+        if attention_mask.dtype != torch.bool:
+            check_range("attention_mask", attention_mask, 0, 1)
+        if batch and not bool(mask.any(-1).all()):
+            raise ValueError("attention_mask has a row with no attended token; every prompt "
+                             "needs at least one")
+        check_range("input_ids", input_ids, 0, vocab_size - 1)
+        check_range("history_ids", history_ids, 0, num_items)
+        if candidate_ids is not None:
+            check_range("candidate_ids", candidate_ids, 1, num_items)
+        if labels is not None:
+            if candidate_ids is None:
+                check_range("labels", labels, 1, num_items)
+            else:
+                check_range("labels", labels, 0, candidate_ids.shape[-1] - 1)
+    return mask
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions follow the attention mask, so a prompt's result ignores its padding side."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)

@@ -1,0 +1,45 @@
+"""Helpers shared by the model tests."""
+
+from __future__ import annotations
+
+import torch
+
+from l2rec_kernels.models.tiny import synthetic_batch, tiny_backbone
+
+VOCAB = 128
+NUM_ITEMS = 40
+
+
+def randomize_(model, seed: int = 1, scale: float = 0.2) -> None:
+    """Give every L2Rec tensor (expert B included) random values, so parity is not vacuous."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.own_state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float32).to(t.dtype) * scale)
+            del name
+
+
+def make_backbone(arch: str = "llama", **kw):
+    kw.setdefault("vocab", VOCAB)
+    return tiny_backbone(arch, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=48, **kw)
+
+
+def batch(n: int = 3, seq: int = 9, hist: int = 5, **kw):
+    return synthetic_batch(n, seq, hist, vocab=VOCAB, num_items=NUM_ITEMS, **kw)
+
+
+def repad(b: dict, side: str, extra: int = 0) -> dict:
+    """The same prompts padded on ``side`` to their length + ``extra`` columns."""
+    ids, mask = b["input_ids"], b["attention_mask"].bool()
+    lengths = mask.sum(-1)
+    width = int(lengths.max()) + extra
+    out_ids = torch.zeros(ids.shape[0], width, dtype=ids.dtype)
+    out_mask = torch.zeros(ids.shape[0], width, dtype=torch.long)
+    for i in range(ids.shape[0]):
+        tokens = ids[i][mask[i]]
+        n = tokens.numel()
+        sl = slice(width - n, width) if side == "left" else slice(0, n)
+        out_ids[i, sl] = tokens
+        out_mask[i, sl] = 1
+    return {"input_ids": out_ids, "attention_mask": out_mask, "history_ids": b["history_ids"]}
