@@ -70,7 +70,7 @@ class SyntheticCatalogue:
         tokens = [BOS]
         for item in history:
             if item:
-                tokens += self.tokenizer.encode(self.titles[item - 1]) + [SEP]
+                tokens += [*self.tokenizer.encode(self.titles[item - 1]), SEP]
         return tokens
 
     def prompts(self, histories: Sequence[Sequence[int]], side: str = "left") -> dict:

@@ -36,7 +36,8 @@ def _backbone_fingerprint(backbone: nn.Module) -> dict:
 class L2RecBase(nn.Module):
     """Parameters and heads of an L2Rec model over a frozen Hugging Face backbone."""
 
-    def __init__(self, backbone: nn.Module, config: L2RecConfig) -> None:
+    def __init__(self, backbone: nn.Module, config: L2RecConfig, *,
+                 share_from: L2RecBase | None = None) -> None:
         super().__init__()
         if not isinstance(config, L2RecConfig):
             raise TypeError(f"config must be an L2RecConfig, got {type(config).__name__}")
@@ -53,6 +54,19 @@ class L2RecBase(nn.Module):
         device = next(backbone.parameters()).device
 
         linears = adapters.find_target_linears(backbone, config.target_modules)
+        if share_from is not None:
+            self._share_modules(share_from)
+        else:
+            self._build_modules(linears, hidden, d_sem)
+            self._to_backbone_device(device)
+        # Plain dict (not a registered submodule): which backbone linear owns which experts.
+        self._targets = {m: self.experts[adapters.expert_key(n)] for n, m in linears.items()}
+        for m in self._targets:
+            adapters.install(m)
+        self.validate_inputs = True
+
+    def _build_modules(self, linears: dict[str, nn.Linear], hidden: int, d_sem: int) -> None:
+        config = self.config
         self.experts = nn.ModuleDict({
             adapters.expert_key(name): adapters.DPMoEExperts(
                 m.in_features, m.out_features, config.num_experts, config.rank)
@@ -75,12 +89,14 @@ class L2RecBase(nn.Module):
                                  config.score_temperature)
         if not config.train_view_encoders:
             self.behavior_encoder.requires_grad_(False)
-        self._to_backbone_device(device)
-        # Plain dict (not a registered submodule): which backbone linear owns which experts.
-        self._targets = {m: self.experts[adapters.expert_key(n)] for n, m in linears.items()}
-        for m in self._targets:
-            adapters.install(m)
-        self.validate_inputs = True
+
+    def _share_modules(self, other: L2RecBase) -> None:
+        """Use ``other``'s modules and tables themselves: nothing is allocated or copied."""
+        if other.backbone is not self.backbone or other.config != self.config:
+            raise ValueError("share_from must be a model over the same backbone and config")
+        for name in ("experts", "behavior_encoder", "routers", "fusion", "scorer"):
+            setattr(self, name, getattr(other, name))
+        self.register_buffer("item_text_table", other.item_text_table)
 
     def _to_backbone_device(self, device: torch.device) -> None:
         for name, child in self.named_children():
@@ -175,7 +191,8 @@ class L2RecBase(nn.Module):
         if not isinstance(table, torch.Tensor) or tuple(table.shape) != want:
             got = tuple(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__
             raise ValueError(f"table must be a tensor of shape {want}, got {got}")
-        self.item_text_table = table.detach().to(self.item_text_table)
+        with torch.no_grad():  # in place, so a model sharing this table sees the change
+            self.item_text_table.copy_(table)
 
     # ----------------------------------------------------------------- checkpoints
     def own_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,115 @@
+"""Timing and memory measurement shared by the benchmarks.
+
+* Providers are timed in **interleaved rounds** (A, B, C, A, B, C, ...) so the machine's
+  drift (frequency, other load) affects every ratio equally; each reported number is the
+  median (with p20/p80) over rounds, after warm-up.
+* On CUDA each call is timed with CUDA events; on the CPU with ``perf_counter``.
+* Peak memory: on CUDA the allocator's peak; on the CPU the process's resident high-water
+  mark (VmHWM), reset before each measurement through ``/proc/self/clear_refs``, minus the
+  resident size before the call: the extra memory the call needed at its peak.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds for one call."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    pos = (len(xs) - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def interleaved(providers: dict[str, Callable[[], object]], device: torch.device, *,
+                rounds: int = 10, warmup: int = 2, min_time_s: float = 0.0) -> dict[str, dict]:
+    """Time every provider in interleaved rounds -> {name: {median, p20, p80, samples}} (ms).
+
+    Each round calls each provider once; ``rounds`` rounds at least, more until
+    ``min_time_s`` has passed.
+    """
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in providers.values():
+                fn()
+        _sync(device)
+        samples: dict[str, list[float]] = {name: [] for name in providers}
+        start = time.perf_counter()
+        done = 0
+        while done < rounds or time.perf_counter() - start < min_time_s:
+            for name, fn in providers.items():
+                samples[name].append(_time_once(fn, device))
+            done += 1
+    return {name: {"median": statistics.median(s), "p20": percentile(s, 0.2),
+                   "p80": percentile(s, 0.8), "samples": s} for name, s in samples.items()}
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Extra memory (MiB) one call of ``fn`` needs at its peak, beyond what was resident."""
+    gc.collect()
+    with torch.inference_mode():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            fn()
+            torch.cuda.synchronize(device)
+            return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            return float("nan")
+        base = _rss_kib("VmRSS")
+        fn()
+        return (_rss_kib("VmHWM") - base) / 1024
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"CPU: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"

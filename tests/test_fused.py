@@ -1,0 +1,160 @@
+"""FusedL2Rec: parity with the reference, drop-in contract, threads, gradients, packing."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from model_utils import NUM_ITEMS, batch, make_backbone, randomize_, repad
+
+from l2rec_kernels.models.config import L2RecConfig
+from l2rec_kernels.models.fused import FusedL2Rec
+from l2rec_kernels.models.reference import L2Rec
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    finite = torch.isfinite(b)
+    assert torch.equal(finite, torch.isfinite(a))
+    return ((a[finite] - b[finite]).norm() / b[finite].norm()).item()
+
+
+def make_pair(arch="llama", backend="torch", **cfg):
+    cfg.setdefault("num_items", NUM_ITEMS)
+    cfg.setdefault("pref_dim", 24)
+    cfg.setdefault("behavior_dim", 16)
+    ref = L2Rec(make_backbone(arch), L2RecConfig(**cfg))
+    randomize_(ref)  # every trainable tensor random, expert B included
+    return ref, FusedL2Rec.from_reference(ref, backend=backend)
+
+
+def assert_parity(ref, fused, b, tol, **kw):
+    with torch.no_grad():
+        r, f = ref(**b, **kw), fused(**b, **kw)
+    assert rel_err(f.scores, r.scores) < tol
+    assert rel_err(f.preference, r.preference) < tol
+    assert rel_err(f.gates, r.gates) < tol
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("top_k", [None, 2])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_parity_torch_backend(arch, top_k, side):
+    ref, fused = make_pair(arch, top_k=top_k)
+    b = repad(batch(4, seq=11, ragged=True), side, extra=1)
+    assert_parity(ref, fused, b, 1e-5)
+    cand = torch.randint(1, NUM_ITEMS + 1, (4, 6))
+    assert_parity(ref, fused, b, 1e-5, candidate_ids=cand, labels=torch.tensor([0, 1, 2, 5]))
+
+
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_parity_triton_backend_under_interpreter(top_k):
+    ref, fused = make_pair("qwen2", backend="triton", top_k=top_k)
+    assert_parity(ref, fused, batch(3, seq=7, ragged=True), 1e-5)
+
+
+def test_packed_equals_padded():
+    ref, fused = make_pair("llama")
+    b = batch(4, seq=10, ragged=True)
+    fused.packing = "packed"
+    assert fused.uses_packing()
+    assert_parity(ref, fused, b, 1e-5)
+    fused.packing = "padded"
+    assert not fused.uses_packing()
+
+
+def test_drop_in_contract(tmp_path):
+    ref, fused = make_pair("llama", top_k=2)
+    assert ref.state_dict().keys() == fused.state_dict().keys()
+    # from_reference shares the tensors: nothing is copied.
+    for (k, a), b in zip(ref.state_dict().items(), fused.state_dict().values()):
+        assert a.data_ptr() == b.data_ptr(), k
+    # A separately built fused model loads the reference's state dict and matches it.
+    other = FusedL2Rec(make_backbone("llama"), ref.config, backend="torch")
+    other.load_state_dict(ref.state_dict())
+    b = batch(3)
+    assert_parity(ref, other, b, 1e-5)
+    # Checkpoints are interchangeable.
+    fused.save_pretrained(tmp_path)
+    again = L2Rec.from_pretrained(tmp_path, backbone=make_backbone("llama"))
+    assert_parity(again, fused, b, 1e-5)
+    loaded = FusedL2Rec.from_pretrained(tmp_path, backbone=make_backbone("llama"), backend="torch")
+    assert_parity(ref, loaded, b, 1e-5)
+
+
+def test_backend_setting():
+    _, fused = make_pair()
+    for value in ("auto", "triton", "cuda", "torch"):
+        fused.backend = value
+        assert fused.backend == value
+    with pytest.raises(ValueError, match="backend"):
+        fused.backend = "tpu"
+    with pytest.raises(ValueError, match="packing"):
+        fused.packing = "sometimes"
+    fused.backend = "cuda"  # no extension / no GPU here: a clear error, not a fallback
+    with pytest.raises(ValueError, match="cuda"):
+        fused(**batch(2))
+
+
+def test_threads_share_one_model_safely():
+    ref, fused = make_pair("llama", top_k=2)
+    batches = [batch(2 + i % 3, seq=8 + i, seed=i) for i in range(6)]
+    with torch.no_grad():
+        expected = [fused(**b).scores for b in batches]
+        expected_ref = [ref(**b).scores for b in batches]
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            with torch.no_grad():
+                for _ in range(3):
+                    model = fused if i % 2 == 0 else ref
+                    results[i] = model(**batches[i]).scores
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(6):
+        want = expected[i] if i % 2 == 0 else expected_ref[i]
+        torch.testing.assert_close(results[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_routing_does_not_leak_and_backbone_stays_plain():
+    ref, fused = make_pair("llama")
+    b = batch(2)
+    mask = b["attention_mask"]
+    base = fused.backbone.base_model
+    before = base(input_ids=b["input_ids"], attention_mask=mask).last_hidden_state
+    with torch.no_grad():
+        fused(**b)
+    after = base(input_ids=b["input_ids"], attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(before, after)
+    fused.remove_adapters()
+    ref.remove_adapters()
+    assert all("forward" not in m.__dict__ for m in fused.backbone.modules())
+
+
+def test_gradients_match_reference_on_torch_backend():
+    ref, fused = make_pair("llama", top_k=2)
+    b = batch(3)
+    labels = torch.tensor([3, 7, 11])
+    ref(**b, labels=labels).loss.backward()
+    grads = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
+    ref.zero_grad(set_to_none=True)
+    fused(**b, labels=labels).loss.backward()
+    fused_grads = {n: p.grad for n, p in fused.named_parameters() if p.grad is not None}
+    assert grads.keys() == fused_grads.keys() and len(grads) > 10
+    for n in grads:
+        assert rel_err(fused_grads[n], grads[n]) < 1e-4, n
+
+
+def test_triton_backend_refuses_gradients_clearly():
+    _, fused = make_pair("llama", backend="triton")
+    with pytest.raises(RuntimeError, match="torch"):
+        fused(**batch(2), labels=torch.tensor([1, 2]))
