@@ -7,6 +7,8 @@ or queries CUDA; those happen on first use.
 from ._backend import backend_info
 from .models.config import L2RecConfig
 from .models.inputs import L2RecOutput
+from .models.reference import L2Rec
+from .ops.route import route
 
-__all__ = ["L2RecConfig", "L2RecOutput", "backend_info"]
+__all__ = ["L2Rec", "L2RecConfig", "L2RecOutput", "backend_info", "route"]
 __version__ = "0.1.0"
