@@ -34,6 +34,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/latency.py --quick
 
+# Compile every csrc/ source for sm_90a (nvcc; the host compiler for .cpp) against the
+# installed torch's headers, warnings as errors; link the extension in a temporary
+# directory and run its GPU-free tests on it. Needs nvcc, no GPU.
+cuda-check: $(STAMP)
+	$(PY) csrc/cuda_check.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 

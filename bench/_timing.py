@@ -6,7 +6,9 @@
 * On CUDA each call is timed with CUDA events; on the CPU with ``perf_counter``.
 * Peak memory: on CUDA the allocator's peak; on the CPU the process's resident high-water
   mark (VmHWM), reset before each measurement through ``/proc/self/clear_refs``, minus the
-  resident size before the call: the extra memory the call needed at its peak.
+  resident size before the call: the extra memory the call needed at its peak. The heap
+  is trimmed first (``malloc_trim``), since glibc would otherwise serve the call from freed
+  pages that are still resident and the peak would not show.
 """
 
 from __future__ import annotations
@@ -78,6 +80,15 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     """Extra memory (MiB) one call of ``fn`` needs at its peak, beyond what was resident."""
     gc.collect()
@@ -90,6 +101,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
             fn()
             torch.cuda.synchronize(device)
             return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        _malloc_trim()  # hand freed heap back, or reused resident pages would hide the peak
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS

@@ -6,9 +6,23 @@ or queries CUDA; those happen on first use.
 
 from ._backend import backend_info
 from .models.config import L2RecConfig
+from .models.fused import FusedL2Rec
 from .models.inputs import L2RecOutput
 from .models.reference import L2Rec
+from .ops.batch_metadata import batch_metadata
+from .ops.dpmoe_linear import dpmoe_linear
 from .ops.route import route
+from .ops.topk_items import topk_items
 
-__all__ = ["L2Rec", "L2RecConfig", "L2RecOutput", "backend_info", "route"]
+__all__ = [
+    "FusedL2Rec",
+    "L2Rec",
+    "L2RecConfig",
+    "L2RecOutput",
+    "backend_info",
+    "batch_metadata",
+    "dpmoe_linear",
+    "route",
+    "topk_items",
+]
 __version__ = "0.1.0"

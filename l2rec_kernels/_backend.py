@@ -104,6 +104,29 @@ def resolve_backend(backend: str, device: torch.device, op: str,
     return backend
 
 
+def constant_for_compile(fn):
+    """Mark ``fn`` the way ``torch.compiler.assume_constant_result`` does (torch 2.0 to 2.13).
+
+    torch.compile then calls ``fn`` once while tracing and bakes its answer into the graph,
+    instead of tracing its body (which dynamo cannot: it imports modules). Written out here
+    because ``torch.compiler.assume_constant_result`` imports torch._dynamo, which imports
+    triton, and that must not happen at package import (``TRITON_INTERPRET`` has to be set
+    before triton is first imported). Were the marker ever renamed, the effect would be a
+    graph break (the ``fullgraph=True`` tests catch it), never a wrong result.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_for_compile
+def resolve_backend_traceable(backend: str, device_type: str, op: str,
+                              supported: tuple[str, ...]) -> str:
+    """``resolve_backend`` for the ops' hot path: plain-constant arguments only (a device
+    *type* string), so that a compiled graph evaluates it once, at trace time. The choice
+    depends only on the environment, never on tensor values."""
+    return resolve_backend(backend, torch.device(device_type), op, supported=supported)
+
+
 def _unavailable(backend: str, device: torch.device) -> str | None:
     if backend == "torch":
         return None

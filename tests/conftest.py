@@ -10,6 +10,13 @@ import sys
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI must be reproducible: on CI the property tests draw the same examples every run
+# (a failure found locally is kept in .hypothesis/ and replayed first).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 HAS_GPU = torch.cuda.is_available()
 

@@ -1,0 +1,295 @@
+"""Triton kernel for ``topk_items``: catalogue scoring with a running top-k kept on chip.
+
+Grid (⌈B / BLOCK_B⌉, n_slices). Program (r, s) takes queries r·BLOCK_B … and the
+contiguous item slice s, walks it in tiles of BLOCK_N items and, per tile::
+
+    S = Q Eᵀ                                   [BLOCK_B, BLOCK_N], fp32 via tl.dot
+    key(s, i) = (ord(s) << 32) | (2³¹ - 1 - i)    one int64 per (score, item) pair
+    ord(s) = b if b ≥ 0 else b ^ 0x7FFFFFFF,  b = the fp32 bits of s as int32
+
+``ord`` is monotone in the float (it flips the magnitude bits of negatives), so int64
+order of keys is score order, then lower item id first: sorting moves the pair as one
+number, so an id can never be separated from its score. Excluded items and padding
+lanes get the key INT64_MIN (decoded as score -inf, id -1); real keys are larger because
+their low half is 2³¹-1-i ≥ 1 (N ≤ 2³¹-2).
+
+Running top-k (K = next_power_of_2(k) keys per query, kept sorted descending):
+
+    skip the tile unless some row's tile maximum beats that row's K-th best;
+    top  = the K largest keys of each tile row, sorted ascending   (bitonic top-k)
+    best = bitonic_merge_descending(max(best, top))
+
+Why ``max`` works (the bitonic half-cleaner): for a descending ``a`` and an ascending
+``b`` of length K, a_i - b_i falls with i, so for some j: c_i = max(a_i, b_i) is a_i for
+i < j and b_i for i ≥ j. Every dropped element is below every kept one: a dropped a_i
+(i ≥ j) has a_i ≤ a_j < b_j ≤ b_m for each kept b_m, and a_i ≤ each kept a; a dropped
+b_m (m < j) has b_m ≤ b_(j-1) ≤ a_(j-1) ≤ each kept a, and b_m ≤ each kept b. So c holds
+exactly the K largest of both (keys are distinct), as a bitonic sequence that one
+bitonic merge (log2 K compare-swap steps) sorts. ``top`` is found the same way: sort
+blocks of K in alternating directions, then repeatedly take the ``max`` of neighbouring
+blocks and re-merge, halving the row each time. The skip test uses keys before
+exclusion, an upper bound, so it never skips a tile that could change the result.
+
+Each program writes its K keys to partials [B, n_slices·K]; one ``torch.topk`` over those
+keys (B·n_slices·K int64, tiny next to B·N) then gives the global k, since each slice's
+share of the global top-k lies within that slice's top K ≥ k.
+
+Imported only when the triton backend is asked for (TRITON_INTERPRET must be set before
+triton is imported). Importing it registers ``torch.ops.l2rec.topk_items`` (a triton_op).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_K = 2048  # K keys per query live in registers next to a [BLOCK_B, ≥K] tile
+MAX_ITEMS = 2**31 - 2  # ids must fit the key's low 31 bits with room for the sentinel
+_LOW_MASK = 0xFFFFFFFF
+_ID_BASE = 0x7FFFFFFF
+_EMPTY = -(2**63)
+
+
+# ---------------------------------------------------------------- bitonic network on chip
+# A [2^R, 2^W] tile is viewed as a hypercube [2]*(R+W): the last W axes are the position
+# in a row (axis "inner j" is bit j of that position). A compare-and-swap along inner
+# axis j is a min and a max over that size-2 axis; the pair's right element takes the
+# max in ascending blocks and the min in descending ones. Using min/max (native
+# reductions) instead of a custom combine keeps the network cheap in the interpreter too.
+
+
+@triton.jit
+def _bit(ND: tl.constexpr, J: tl.constexpr):
+    """0/1 along inner axis J of an ND-dim hypercube (broadcasts over the other axes)."""
+    return tl.reshape(tl.arange(0, 2), [1] * (ND - J - 1) + [2] + [1] * J)
+
+
+@triton.jit
+def _compare_swap(h, desc, ND: tl.constexpr, J: tl.constexpr):
+    lo = tl.min(h, axis=ND - 1 - J, keep_dims=True)
+    hi = tl.max(h, axis=ND - 1 - J, keep_dims=True)
+    return tl.where((_bit(ND, J) ^ desc) != 0, hi, lo)
+
+
+@triton.jit
+def _bitonic_merge(h, desc, ND: tl.constexpr, LOG_BLOCK: tl.constexpr):
+    """Sort every bitonic block of 2^LOG_BLOCK along the inner axes (direction ``desc``)."""
+    for i in tl.static_range(LOG_BLOCK):
+        h = _compare_swap(h, desc, ND, LOG_BLOCK - 1 - i)
+    return h
+
+
+@triton.jit
+def _row_top(x, LOG_R: tl.constexpr, LOG_W: tl.constexpr, LOG_K: tl.constexpr,
+             DESC: tl.constexpr):
+    """The 2^LOG_K largest of each row of x [2^LOG_R, 2^LOG_W], sorted (DESC or ascending).
+
+    Sort blocks of K with alternating directions (block parity = bit LOG_K), then halve
+    the row LOG_W - LOG_K times: the max of an ascending and a descending K-block is the
+    K largest of both (a bitonic block), which one merge sorts again.
+    """
+    h = tl.reshape(x, [2] * (LOG_R + LOG_W))
+    for s in tl.static_range(1, LOG_K + 1):
+        if s == LOG_W:
+            h = _bitonic_merge(h, DESC, LOG_R + LOG_W, s)
+        else:
+            h = _bitonic_merge(h, _bit(LOG_R + LOG_W, s), LOG_R + LOG_W, s)
+    for t in tl.static_range(LOG_W - LOG_K):
+        h = tl.max(h, axis=LOG_R + LOG_W - t - 1 - LOG_K)  # pairs of K-blocks -> one
+        if t == LOG_W - LOG_K - 1:
+            h = _bitonic_merge(h, DESC, LOG_R + LOG_W - t - 1, LOG_K)
+        else:
+            h = _bitonic_merge(h, _bit(LOG_R + LOG_W - t - 1, LOG_K), LOG_R + LOG_W - t - 1, LOG_K)
+    return tl.reshape(h, [2**LOG_R, 2**LOG_K])
+
+
+@triton.jit
+def _topk_slice_kernel(q_ptr, item_ptr, ex_ptr, part_ptr,
+                       num_q, num_items, dim, num_ex, slice_items, part_stride,
+                       stride_qb, stride_qd, stride_in, stride_id, stride_eb, stride_ex,
+                       LOG_B: tl.constexpr, LOG_N: tl.constexpr, LOG_K: tl.constexpr,
+                       BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+    BLOCK_B: tl.constexpr = 2**LOG_B
+    BLOCK_N: tl.constexpr = 2**LOG_N
+    K_PAD: tl.constexpr = 2**LOG_K
+    pid_b = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < num_q
+    # INT64_MIN built from an int32 so no 64-bit literal has to be typed by the frontend.
+    empty = tl.full([BLOCK_B, BLOCK_N], -2147483648, tl.int32).to(tl.int64) << 32
+    best = tl.full([BLOCK_B, K_PAD], -2147483648, tl.int32).to(tl.int64) << 32
+    start = pid_s.to(tl.int64) * slice_items
+    end = tl.minimum(start + slice_items, num_items)
+    for n0 in range(start, end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < end
+        acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+        for d0 in range(0, dim, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            d_ok = dd < dim
+            q = tl.load(q_ptr + rows[:, None] * stride_qb + dd[None, :] * stride_qd,
+                        mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            e = tl.load(item_ptr + cols[None, :] * stride_in + dd[:, None] * stride_id,
+                        mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+            # fp32 inputs: full fp32 products, not TF32 (scores must be exact). A constexpr
+            # if, so only one dot is ever compiled.
+            if IEEE:  # noqa: SIM108
+                acc = tl.dot(q, e, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(q, e, acc)
+        bits = acc.to(tl.int32, bitcast=True)
+        order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+        keys = (order.to(tl.int64) << 32) | (0x7FFFFFFF - cols)[None, :]
+        keys = tl.where(col_ok[None, :], keys, empty)
+        kth = tl.min(best, axis=1)
+        wins = (tl.max(keys, axis=1) > kth).to(tl.int32)
+        if tl.max(wins, axis=0) > 0:  # most tiles lose everywhere once best fills up
+            for x in range(0, num_ex):
+                banned = tl.load(ex_ptr + rows * stride_eb + x * stride_ex, mask=row_ok,
+                                 other=-1).to(tl.int64)
+                keys = tl.where(cols[None, :] == banned[:, None], empty, keys)
+            top = _row_top(keys, LOG_B, LOG_N, LOG_K, 0)  # ascending
+            # best is descending, top ascending: their max is the K best of both, bitonic.
+            merged = tl.reshape(tl.maximum(best, top), [2] * (LOG_B + LOG_K))
+            best = tl.reshape(_bitonic_merge(merged, 1, LOG_B + LOG_K, LOG_K), [BLOCK_B, K_PAD])
+    out = part_ptr + rows[:, None] * part_stride + pid_s * K_PAD + tl.arange(0, K_PAD)[None, :]
+    tl.store(out, best, mask=row_ok[:, None])
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
+
+
+def _blocks(k: int, dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_B, BLOCK_N, BLOCK_D, K_PAD): powers of two, BLOCK_N a multiple of K_PAD."""
+    k_pad = triton.next_power_of_2(k)
+    block_n = max(k_pad, 128)
+    # Fewer query rows when K is large keeps the [BLOCK_B, BLOCK_N] key tile and its
+    # network in registers; 16 is tl.dot's smallest M.
+    block_b = 32 if k_pad <= 128 else 16
+    block_d = max(16, min(64, triton.next_power_of_2(dim)))
+    return block_b, block_n, block_d, k_pad
+
+
+def _tiles_per_slice(device: torch.device, row_blocks: int, num_tiles: int) -> int:
+    """Tiles per program so the grid fills the GPU about four times over."""
+    if device.type == "cuda":
+        target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        target = 4  # the interpreter runs programs one after another: few, large ones
+    slices = max(1, min(num_tiles, triton.cdiv(target, row_blocks)))
+    return triton.cdiv(num_tiles, slices)
+
+
+def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 keys -> (fp32 scores, int64 ids); the empty key gives (-inf, -1)."""
+    order = (keys >> 32).to(torch.int32)
+    bits = torch.where(order >= 0, order, order ^ 0x7FFFFFFF)
+    scores = bits.view(torch.float32)
+    ids = _ID_BASE - (keys & _LOW_MASK)
+    empty = keys == _EMPTY
+    return scores.masked_fill(empty, float("-inf")), ids.masked_fill(empty, -1)
+
+
+def _plan(query: torch.Tensor, item_emb: torch.Tensor, k: int, tiles_per_slice: int) -> dict:
+    """Block sizes and grid for a call (a pure function of shapes and device)."""
+    num_q, dim = query.shape
+    block_b, block_n, block_d, k_pad = _blocks(k, dim)
+    row_blocks = triton.cdiv(num_q, block_b)
+    num_tiles = triton.cdiv(item_emb.shape[0], block_n)
+    tiles = tiles_per_slice or _tiles_per_slice(query.device, row_blocks, num_tiles)
+    return {"block_b": block_b, "block_n": block_n, "block_d": block_d, "k_pad": k_pad,
+            "row_blocks": row_blocks, "tiles": tiles, "n_slices": triton.cdiv(num_tiles, tiles)}
+
+
+def _partials_into(query, item_emb, exclude, k: int, tiles_per_slice: int, launch) -> torch.Tensor:
+    """Per-slice top-K keys [B, n_slices·K]: allocate and launch through ``launch(kernel)``."""
+    plan = _plan(query, item_emb, k, tiles_per_slice)
+    num_q, dim = query.shape
+    partial = torch.empty((num_q, plan["n_slices"] * plan["k_pad"]), dtype=torch.int64,
+                          device=query.device)
+    launch(_topk_slice_kernel)[(plan["row_blocks"], plan["n_slices"])](
+        query, item_emb, exclude, partial,
+        num_q, item_emb.shape[0], dim, exclude.shape[1], plan["tiles"] * plan["block_n"],
+        partial.stride(0), query.stride(0), query.stride(1), item_emb.stride(0),
+        item_emb.stride(1), exclude.stride(0), exclude.stride(1),
+        LOG_B=_log2(plan["block_b"]), LOG_N=_log2(plan["block_n"]), LOG_K=_log2(plan["k_pad"]),
+        BLOCK_D=plan["block_d"], IEEE=query.dtype == torch.float32)
+    return partial
+
+
+def _interpreted(kernel) -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return False
+    return isinstance(kernel, InterpretedFunction)
+
+
+# Under TRITON_INTERPRET=1 the kernel is an InterpretedFunction, which wrap_triton hands
+# back untraced: fake tensors (opcheck, torch.compile) would then reach the interpreter
+# and fail. So there the launch sits in an opaque custom op with its own fake; on a GPU
+# the launch is traced by wrap_triton, so Inductor sees the kernel itself.
+INTERPRETED = _interpreted(_topk_slice_kernel)
+
+if INTERPRETED:
+
+    @torch.library.custom_op("l2rec::_topk_partials_interpreted", mutates_args=())
+    def _partials_interpreted(query: torch.Tensor, item_emb: torch.Tensor, exclude: torch.Tensor,
+                              k: int, tiles_per_slice: int) -> torch.Tensor:
+        return _partials_into(query, item_emb, exclude, k, tiles_per_slice, lambda kernel: kernel)
+
+    @_partials_interpreted.register_fake
+    def _(query, item_emb, exclude, k, tiles_per_slice):
+        plan = _plan(query, item_emb, k, tiles_per_slice)
+        return query.new_empty((query.shape[0], plan["n_slices"] * plan["k_pad"]), dtype=torch.int64)
+
+
+@torch.library.triton_op("l2rec::topk_items", mutates_args=())
+def topk_items_op(query: torch.Tensor, item_emb: torch.Tensor, k: int, exclude: torch.Tensor,
+                  tiles_per_slice: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Registered op. ``exclude`` [B, X] (X may be 0); ``tiles_per_slice`` 0 = automatic."""
+    if query.shape[0] == 0:
+        return (query.new_empty((0, k), dtype=torch.float32),
+                query.new_empty((0, k), dtype=torch.int64))
+    if INTERPRETED:
+        partial = torch.ops.l2rec._topk_partials_interpreted(query, item_emb, exclude, k,
+                                                             tiles_per_slice)
+    else:
+        partial = _partials_into(query, item_emb, exclude, k, tiles_per_slice,
+                                 torch.library.wrap_triton)
+    # The merge: n_slices·K keys per query, against N scores per query for a dense topk.
+    keys = torch.topk(partial, k, dim=1).values
+    return decode_keys(keys)
+
+
+def topk_items_triton(query: torch.Tensor, item_emb: torch.Tensor, k: int,
+                      exclude: torch.Tensor | None = None,
+                      tiles_per_slice: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher used by ``topk_items`` (inputs validated there); inference only.
+
+    ``tiles_per_slice`` (items per program / BLOCK_N) is for tests and tuning; None picks it
+    from the device.
+    """
+    if k > MAX_K:
+        raise ValueError(f"topk_items backend='triton' supports k <= {MAX_K}, got k={k}; "
+                         "use backend='torch'")
+    if item_emb.shape[0] > MAX_ITEMS:
+        raise ValueError(f"topk_items backend='triton' supports at most {MAX_ITEMS} items, got "
+                         f"N={item_emb.shape[0]}; use backend='torch'")
+    if tiles_per_slice is not None and (isinstance(tiles_per_slice, bool)
+                                        or not isinstance(tiles_per_slice, int) or tiles_per_slice < 1):
+        raise ValueError(f"tiles_per_slice must be None or a positive int, got {tiles_per_slice!r}")
+    if exclude is None:
+        exclude = torch.empty((query.shape[0], 0), dtype=torch.int64, device=query.device)
+    with torch.no_grad():
+        return torch.ops.l2rec.topk_items(query, item_emb, k, exclude, tiles_per_slice or 0)

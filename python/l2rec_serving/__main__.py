@@ -1,0 +1,85 @@
+"""``python -m l2rec_serving``: start the Ray Serve recommender and serve until Ctrl-C.
+
+    python -m l2rec_serving --port 8000                       # built-in tiny random model
+    python -m l2rec_serving --port 8000 --checkpoint DIR --backbone PATH [--titles FILE]
+    python -m l2rec_serving --ray-address auto --host 0.0.0.0 --replicas 4 --num-gpus 1 ...
+
+Binds to 127.0.0.1 unless ``--host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m l2rec_serving",
+                                 description="Serve an L2Rec recommender over HTTP with Ray Serve.")
+    ap.add_argument("--port", type=int, required=True, help="HTTP port")
+    ap.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    ap.add_argument("--checkpoint", help="L2Rec checkpoint directory (save_pretrained output)")
+    ap.add_argument("--backbone", help="Hugging Face backbone directory or hub id (safetensors)")
+    ap.add_argument("--titles", help="item titles (JSON list or one per line) to build prompts from "
+                                     "histories; without it a checkpoint's requests need prompt_ids")
+    ap.add_argument("--prompt-template", help="prompt text with a {titles} placeholder")
+    ap.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
+    ap.add_argument("--max-batch-size", type=int, default=32, help="most requests per forward")
+    ap.add_argument("--batch-wait-ms", type=float, default=20.0,
+                    help="how long a replica waits to fill a batch (default 20 ms)")
+    ap.add_argument("--num-gpus", type=float, default=0, help="GPUs per replica (default 0)")
+    ap.add_argument("--num-cpus", type=float, default=1, help="CPUs per replica (default 1)")
+    ap.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda, ...")
+    ap.add_argument("--dtype", default="auto", help="backbone dtype: auto, float32, bfloat16, float16")
+    ap.add_argument("--tiny-items", type=int, default=200, help="catalogue size of the tiny model")
+    ap.add_argument("--ray-address", help="join a running Ray cluster (e.g. auto) instead of "
+                                          "starting a local one")
+    ap.add_argument("--access-log", action="store_true", help="log every request")
+    args = ap.parse_args(argv)
+    if (args.checkpoint is None) != (args.backbone is None):
+        ap.error("--checkpoint and --backbone go together")
+    if args.titles and not args.checkpoint:
+        ap.error("--titles needs --checkpoint (the tiny model has its own catalogue)")
+    # Fail here, not after Ray has started, when a local checkpoint path is wrong. (On a
+    # cluster the path need only exist on the replicas' nodes, so it is not checked then.)
+    if args.checkpoint and not args.ray_address \
+            and not os.path.isfile(os.path.join(args.checkpoint, "l2rec_config.json")):
+        ap.error(f"--checkpoint {args.checkpoint}: no l2rec_config.json there (not an L2Rec checkpoint)")
+    return args
+
+
+def _stop_on_signals(done: threading.Event) -> None:
+    """SIGINT and SIGTERM set ``done``. Both explicitly: a shell starts background jobs
+    with SIGINT ignored, and SIGTERM is how process managers (and tests) stop a server."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from . import ray_app
+    from .loading import ServiceSpec
+
+    done = threading.Event()
+    _stop_on_signals(done)  # a Ctrl-C during start-up stops the server once it is up
+    spec = ServiceSpec(checkpoint=args.checkpoint, backbone=args.backbone, titles=args.titles,
+                       prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
+                       tiny_num_items=args.tiny_items)
+    try:  # stop() in finally: a failed start (e.g. a bad checkpoint) leaves no Ray behind
+        ray_app.start(spec, host=args.host, port=args.port, replicas=args.replicas,
+                      max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1e3,
+                      num_gpus=args.num_gpus, num_cpus=args.num_cpus, ray_address=args.ray_address,
+                      access_log=args.access_log)
+        print(f"l2rec_serving: serving on http://{args.host}:{args.port} "
+              "(POST /recommend, GET /healthz, GET /stats); Ctrl-C to stop", flush=True)
+        _stop_on_signals(done)  # again: ray.init replaced the SIGTERM handler with its own
+        while not done.wait(1.0):  # a timed wait, so the signal handler gets to run promptly
+            pass
+    finally:
+        ray_app.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""What model a server serves (``ServiceSpec``) and how it is built (``build_service``).
+
+A spec is small and picklable, so it can travel to every Ray Serve replica, each of which
+builds its own model once, on its own device. Two kinds of model:
+
+* no checkpoint: the built-in tiny model, a random-weight tiny Llama with random L2Rec
+  weights over a ``SyntheticCatalogue`` (so the server runs anywhere, offline);
+* ``checkpoint`` + ``backbone``: ``FusedL2Rec.from_pretrained(checkpoint, backbone=...)``
+  over ``AutoModelForCausalLM.from_pretrained(backbone, use_safetensors=True)``.
+  Only safetensors weights are read (never pickle). With ``titles`` the prompt is built
+  from the history (``prompts.TitlePromptBuilder``); without, requests carry ``prompt_ids``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Which model to serve and where. ``device``/``dtype`` "auto": CUDA and bfloat16 where a
+    GPU is visible (a GPU replica), else CPU and float32."""
+
+    checkpoint: str | None = None
+    backbone: str | None = None
+    titles: str | None = None
+    prompt_template: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+    tiny_num_items: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) != (self.backbone is None):
+            raise ValueError("checkpoint and backbone go together: give both (a trained model) "
+                             "or neither (the built-in tiny model)")
+        if self.titles is not None and self.checkpoint is None:
+            raise ValueError("titles are for a checkpoint; the tiny model has its own catalogue")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return DTYPES[self.dtype]
+
+
+def build_tiny_model(num_items: int = 200, seed: int = 0, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32, backend: str = "auto"):
+    """(FusedL2Rec, SyntheticCatalogue): random weights, built in about a second on a CPU."""
+    from l2rec_kernels.models.config import L2RecConfig
+    from l2rec_kernels.models.encoders import build_item_text_table
+    from l2rec_kernels.models.fused import FusedL2Rec
+    from l2rec_kernels.models.reference import L2Rec
+    from l2rec_kernels.models.tiny import tiny_backbone
+    from l2rec_kernels.synthetic import SyntheticCatalogue
+
+    cat = SyntheticCatalogue(num_items=num_items, num_genres=10, max_history=8)
+    with torch.random.fork_rng():  # the same seed gives the same model in every replica
+        torch.manual_seed(seed)
+        backbone = tiny_backbone("llama", hidden=64, layers=2, heads=4, kv_heads=2,
+                                 vocab=cat.tokenizer.vocab_size, seed=seed, dtype=dtype).to(device)
+        cfg = L2RecConfig(num_items=num_items, max_history=cat.max_history, behavior_dim=32,
+                          pref_dim=64, top_k=2)
+        ref = L2Rec(backbone, cfg)
+        with torch.no_grad():
+            ref.set_item_text_table(build_item_text_table(cat.titles, backbone, cat.tokenizer))
+    # Only the frozen backbone takes ``dtype``: the small L2Rec heads stay float32, which
+    # the model supports (its heads cast their inputs) and which keeps the scores precise.
+    return FusedL2Rec.from_reference(ref, backend=backend).eval(), cat
+
+
+def load_checkpoint_model(checkpoint: str, backbone_path: str, device: torch.device,
+                          dtype: torch.dtype, backend: str = "auto"):
+    """(FusedL2Rec, tokenizer or None) from a saved L2Rec checkpoint and a backbone path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from l2rec_kernels.models.fused import FusedL2Rec
+
+    backbone = AutoModelForCausalLM.from_pretrained(backbone_path, use_safetensors=True, dtype=dtype)
+    backbone = backbone.to(device).eval()
+    model = FusedL2Rec.from_pretrained(checkpoint, backbone=backbone, backend=backend)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone_path)
+    except (OSError, ValueError):  # a backbone directory without tokenizer files
+        tokenizer = None
+    return model.eval(), tokenizer
+
+
+def build_service(spec: ServiceSpec):
+    """The ``RecommenderService`` a spec describes (models are built here, once)."""
+    from .prompts import DEFAULT_TEMPLATE, SyntheticPromptBuilder, TitlePromptBuilder, load_titles
+    from .service import RecommenderService, max_prompt_tokens
+
+    device = spec.resolved_device()
+    dtype = spec.resolved_dtype(device)
+    if spec.checkpoint is None:
+        model, cat = build_tiny_model(spec.tiny_num_items, spec.seed, device, dtype, spec.backend)
+        builder = SyntheticPromptBuilder(cat, max_prompt_tokens(model))
+        name = f"tiny-random (llama, {spec.tiny_num_items} synthetic items)"
+    else:
+        model, tokenizer = load_checkpoint_model(spec.checkpoint, spec.backbone, device, dtype, spec.backend)
+        builder = None
+        if spec.titles is not None:
+            if tokenizer is None:
+                raise ValueError(f"titles were given but {spec.backbone} has no tokenizer files "
+                                 "to build prompts with")
+            builder = TitlePromptBuilder(load_titles(spec.titles, model.config.num_items), tokenizer,
+                                         max_prompt_tokens(model), spec.prompt_template or DEFAULT_TEMPLATE)
+        name = f"{spec.checkpoint} on {spec.backbone}"
+    return RecommenderService(model, builder, name=name)

@@ -1,0 +1,177 @@
+"""``RecommenderService``: the framework-agnostic serving core.
+
+It owns one model (built once), validates requests (``validation``), builds prompts
+(``prompts``) and answers many users with one forward (``recommend_batch``). The Ray Serve
+deployment and the FastAPI example are thin HTTP layers over it; any other Python server
+can call it the same way:
+
+    service = build_service(ServiceSpec())                # the built-in tiny model
+    request = service.parse(b'{"history": [3, 17, 42], "k": 5}')   # RequestError if bad
+    service.recommend_batch([request])                    # [{"items": [...], "scores": [...]}]
+
+``recommend_batch`` is thread-safe (the model's routing state is per thread), so a thread
+pool may call it concurrently; batching several requests per call is what makes it fast.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .validation import RecommendRequest, RequestLimits, parse_request, validate_request
+
+PromptBuilder = Callable[[Sequence[int]], list[int]]
+
+
+def max_prompt_tokens(model) -> int:
+    """The longest prompt the backbone takes (its position table), capped at 8192 tokens."""
+    return min(int(getattr(model.backbone.config, "max_position_embeddings", 2048) or 2048), 8192)
+
+
+class BatchStats:
+    """Counts of forwards and the requests they carried, so a load test can read the mean
+    batch size that dynamic batching reached (thread-safe: batches run in worker threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sizes: Counter[int] = Counter()
+        self._forward_s = 0.0
+
+    def record(self, size: int, seconds: float) -> None:
+        with self._lock:
+            self._sizes[size] += 1
+            self._forward_s += seconds
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            batches = sum(self._sizes.values())
+            requests = sum(s * n for s, n in self._sizes.items())
+            return {
+                "batches": batches,
+                "requests": requests,
+                "mean_batch_size": requests / batches if batches else 0.0,
+                "max_batch_size": max(self._sizes, default=0),
+                "batch_size_counts": {str(s): n for s, n in sorted(self._sizes.items())},
+                "forward_seconds": round(self._forward_s, 4),
+            }
+
+
+class RecommenderService:
+    """One model behind a validator and a batcher-friendly ``recommend_batch``.
+
+    ``prompt_builder`` maps a (most recent ``max_history``) history to prompt token ids;
+    None means requests must carry ``prompt_ids``.
+    """
+
+    def __init__(self, model, prompt_builder: PromptBuilder | None = None, *, name: str = "l2rec",
+                 max_history_items: int = 10_000) -> None:
+        self.model = model.eval()
+        self.prompt_builder = prompt_builder
+        self.name = name
+        cfg = model.config
+        self.limits = RequestLimits(
+            num_items=cfg.num_items, max_history=cfg.max_history,
+            vocab_size=int(model.backbone.config.vocab_size),
+            max_prompt_tokens=max_prompt_tokens(model),
+            requires_prompt_ids=prompt_builder is None, max_history_items=max_history_items)
+        self.device = next(model.parameters()).device
+        self.stats = BatchStats()
+
+    # ----------------------------------------------------------------- validation
+    def parse(self, body: bytes | str) -> RecommendRequest:
+        """Raw JSON body -> request; raises ``RequestError`` (status 400/413/422) if bad."""
+        return parse_request(body, self.limits)
+
+    def validate(self, payload: dict) -> RecommendRequest:
+        """Already-decoded JSON (a dict) -> request; raises ``RequestError`` if bad."""
+        return validate_request(payload, self.limits)
+
+    # ----------------------------------------------------------------- inference
+    def _prompt(self, request: RecommendRequest) -> list[int]:
+        if request.prompt_ids is not None:
+            return list(request.prompt_ids)
+        return self.prompt_builder(request.model_history(self.limits.max_history))
+
+    def _inputs(self, requests: Sequence[RecommendRequest]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts and right-padded histories for the whole batch, on the model's
+        device. (The model's result for a user does not depend on the padding.)"""
+        from l2rec_kernels.synthetic import pad_rows
+
+        prompts = pad_rows([self._prompt(r) for r in requests], side="left")
+        width = self.limits.max_history
+        history = torch.zeros(len(requests), width, dtype=torch.long)
+        for i, r in enumerate(requests):
+            recent = r.model_history(width)
+            history[i, : len(recent)] = torch.tensor(recent, dtype=torch.long)
+        return {"input_ids": prompts["input_ids"].to(self.device),
+                "attention_mask": prompts["attention_mask"].to(self.device),
+                "history_ids": history.to(self.device)}
+
+    def _exclusion_index(self, requests: Sequence[RecommendRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, item ids) to mask: every item of every excluding user's whole history,
+        not only the most recent ``max_history`` the encoders read."""
+        rows, items = [], []
+        for i, r in enumerate(requests):
+            if r.exclude_history:
+                seen = sorted(set(r.history))
+                rows += [i] * len(seen)
+                items += seen
+        return (torch.tensor(rows, dtype=torch.long, device=self.device),
+                torch.tensor(items, dtype=torch.long, device=self.device))
+
+    def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[dict]:
+        """One forward for all ``requests`` -> one ``{"items", "scores"}`` per request.
+
+        Requests may mix ``k`` and ``exclude_history``: the catalogue is scored once, each
+        user's own history is masked where asked, and one top-k at the largest k is sliced
+        per user (top-k is sorted, so the slice is that user's own top-k).
+        """
+        if not requests:
+            return []
+        start = time.perf_counter()
+        inputs = self._inputs(requests)
+        with torch.inference_mode():
+            # forward (not model.recommend): its exclude flag is one per batch and covers
+            # only the model's truncated history; here each user gets their own.
+            scores = self.model(**inputs).scores.float()  # [B, num_items + 1], column 0 = -inf
+            rows, items = self._exclusion_index(requests)
+            if rows.numel():
+                scores.index_put_((rows, items), torch.tensor(float("-inf"), device=self.device))
+            top = torch.topk(scores, max(r.k for r in requests), dim=-1)
+            values, ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
+        self.stats.record(len(requests), time.perf_counter() - start)
+        return [{"items": ids[i][: r.k], "scores": values[i][: r.k]} for i, r in enumerate(requests)]
+
+    def recommend_batch_isolated(self, requests: Sequence[RecommendRequest]) -> list[dict | Exception]:
+        """``recommend_batch``, but a failure is confined to the request that caused it: if
+        the batch fails, each request is retried alone and gets its result or its exception.
+        (Validation makes this rare; it guards against the unforeseen, e.g. out of memory.)"""
+        try:
+            return list(self.recommend_batch(requests))
+        except Exception as exc:
+            if len(requests) == 1:
+                return [exc]
+        out: list[dict | Exception] = []
+        for r in requests:
+            try:
+                out.append(self.recommend_batch([r])[0])
+            except Exception as exc:  # reported to that one client as a 500
+                out.append(exc)
+        return out
+
+    def recommend(self, request: RecommendRequest) -> dict:
+        """A single request (a batch of one)."""
+        return self.recommend_batch([request])[0]
+
+    # ----------------------------------------------------------------- introspection
+    def info(self) -> dict:
+        """What ``GET /healthz`` reports: the model, its limits and the batch statistics."""
+        backend = getattr(self.model, "backend", None)
+        return {"status": "ok", "model": self.name, "device": str(self.device), "backend": backend,
+                "num_items": self.limits.num_items, "max_history": self.limits.max_history,
+                "vocab_size": self.limits.vocab_size,
+                "builds_prompts": self.prompt_builder is not None, "stats": self.stats.snapshot()}

@@ -1,0 +1,415 @@
+"""Tests of ``l2rec_serving``: the request validator, the serving core's batching, a
+checkpoint-backed service, the FastAPI embedding example, and the Ray Serve app started
+on loopback (valid and bad requests over HTTP, dynamic batching, a clean stop).
+
+The FastAPI and Ray tests need the ``serve`` extra and skip with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import json
+import pathlib
+
+import pytest
+from l2rec_serving import (
+    AsyncBatcher,
+    RecommenderService,
+    RequestError,
+    RequestLimits,
+    ServiceSpec,
+    build_service,
+    build_tiny_model,
+)
+from l2rec_serving.prompts import TitlePromptBuilder
+from l2rec_serving.validation import parse_request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_ITEMS = 60  # the tiny model the service tests (and the Ray server) serve
+LIMITS = RequestLimits(num_items=50, max_history=4, vocab_size=30, max_prompt_tokens=16,
+                       max_history_items=100)
+
+# (body, status, field, words the message must contain): wrong whatever the model
+GENERIC_BAD = [
+    ("", 400, "body", "empty"),
+    ("{not json", 400, "body", "not valid JSON"),
+    ("[1, 2]", 400, "body", "must be a JSON object"),
+    ('{"k": 3}', 422, "history", "history is required"),
+    ('{"history": "1 2 3"}', 422, "history", "must be a list of item ids, got str"),
+    ('{"history": 7}', 422, "history", "must be a list of item ids, got int"),
+    ('{"history": []}', 422, "history", "must not be empty"),
+    ('{"history": [1, "2"]}', 422, "history", "history[1] must be an int item id"),
+    ('{"history": [1, 2.0]}', 422, "history", "history[1] must be an int item id"),
+    ('{"history": [1, true]}', 422, "history", "history[1] must be an int item id"),
+    ('{"history": [3, 0]}', 422, "history", "history[1] = 0 is out of range"),
+    ('{"history": [-4]}', 422, "history", "out of range"),
+    ('{"history": [1], "k": 0}', 422, "k", "k must be in [1, "),
+    ('{"history": [1], "k": -2}', 422, "k", "got -2"),
+    ('{"history": [1], "k": 2.5}', 422, "k", "k must be an int"),
+    ('{"history": [1], "k": "10"}', 422, "k", "k must be an int"),
+    ('{"history": [1], "exclude_history": "yes"}', 422, "exclude_history", "true or false"),
+    ('{"history": [1], "exclude_history": 1}', 422, "exclude_history", "true or false"),
+    ('{"history": [1], "prompt_ids": []}', 422, "prompt_ids", "must not be empty"),
+    ('{"history": [1], "prompt_ids": "hi"}', 422, "prompt_ids", "must be a list of token ids"),
+    ('{"history": [1], "exclude_histroy": false}', 422, "exclude_histroy", "unknown field"),
+]
+# ... and wrong for LIMITS (50 items, vocab 30, prompts <= 16 tokens, histories <= 100 items)
+LIMITED_BAD = [
+    ('{"history": [3, 0]}', 422, "history", "item ids are 1..50"),
+    ('{"history": [51]}', 422, "history", "history[0] = 51 is out of range"),
+    (json.dumps({"history": [1] * 101}), 422, "history", "at most 100"),
+    ('{"history": [1], "k": 51}', 422, "k", "the catalogue has 50 items"),
+    ('{"history": [1, 2, 2], "k": 49}', 422, "k", "48 catalogue items left after excluding"),
+    ('{"history": [1], "prompt_ids": [1, 30]}', 422, "prompt_ids", "prompt_ids[1] = 30 is out of range"),
+    (json.dumps({"history": [1], "prompt_ids": [1] * 17}), 422, "prompt_ids", "at most 16"),
+]
+
+
+# ----------------------------------------------------------------------------- validator
+@pytest.mark.parametrize("body,status,field,needle", GENERIC_BAD + LIMITED_BAD)
+def test_bad_request_gets_a_4xx_that_says_what_was_wrong(body, status, field, needle):
+    with pytest.raises(RequestError) as info:
+        parse_request(body, LIMITS)
+    err = info.value
+    assert err.status == status
+    assert needle in str(err)
+    payload = err.to_json()
+    assert payload["error"] == str(err)
+    assert field in [e["field"] for e in payload["errors"]]
+
+
+def test_every_bad_field_is_reported_at_once():
+    with pytest.raises(RequestError) as info:
+        parse_request('{"history": [0], "k": "x", "exclude_history": null}', LIMITS)
+    assert {e.field for e in info.value.errors} == {"history", "k", "exclude_history"}
+
+
+def test_body_size_limit_is_413():
+    small = RequestLimits(num_items=50, max_history=4, vocab_size=30, max_prompt_tokens=16,
+                          max_body_bytes=64)
+    with pytest.raises(RequestError) as info:
+        parse_request(json.dumps({"history": list(range(1, 40))}), small)
+    assert info.value.status == 413
+
+
+def test_valid_request_defaults_and_history_truncation():
+    r = parse_request(b'{"history": [5, 6, 7, 8, 9, 10]}', LIMITS)
+    assert (r.k, r.exclude_history, r.prompt_ids) == (10, True, None)
+    assert r.history == (5, 6, 7, 8, 9, 10)
+    assert r.model_history(LIMITS.max_history) == (7, 8, 9, 10)  # the most recent ones
+    r = parse_request('{"history": [1], "k": 50, "exclude_history": false, "prompt_ids": [0, 29]}', LIMITS)
+    assert (r.k, r.exclude_history, r.prompt_ids) == (50, False, (0, 29))
+
+
+def test_prompt_ids_required_without_a_prompt_builder():
+    limits = RequestLimits(num_items=50, max_history=4, vocab_size=30, max_prompt_tokens=16,
+                           requires_prompt_ids=True)
+    with pytest.raises(RequestError, match="prompt_ids is required"):
+        parse_request('{"history": [1]}', limits)
+    assert parse_request('{"history": [1], "prompt_ids": [3]}', limits).prompt_ids == (3,)
+
+
+# ----------------------------------------------------------------------------- core
+@pytest.fixture(scope="module")
+def service() -> RecommenderService:
+    return build_service(ServiceSpec(tiny_num_items=NUM_ITEMS, seed=0, device="cpu"))
+
+
+USERS = [
+    {"history": [3, 17, 42], "k": 5},
+    {"history": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], "k": 12},  # longer than max_history
+    {"history": [50], "k": 3, "exclude_history": False},
+    {"history": [7, 7, 8], "k": 1},
+    {"history": [20, 30, 40, 59, 60], "k": 55},  # nearly the whole catalogue
+]
+
+
+def _close(a: dict, b: dict) -> bool:
+    return a["items"] == b["items"] and all(abs(x - y) <= 1e-4 * max(1.0, abs(x))
+                                            for x, y in zip(a["scores"], b["scores"]))
+
+
+def test_batch_answers_equal_single_answers(service):
+    requests = [service.validate(u) for u in USERS]
+    batched = service.recommend_batch(requests)
+    alone = [service.recommend(r) for r in requests]
+    assert all(_close(a, b) for a, b in zip(alone, batched))
+    # Different users get different answers, so the comparison is not vacuous.
+    assert len({tuple(b["items"][:3]) for b in batched[:3]}) > 1
+    # ... and the order of the batch does not matter either.
+    assert all(_close(a, b) for a, b in zip(reversed(alone), service.recommend_batch(requests[::-1])))
+
+
+def test_answers_are_k_sorted_items_without_the_history(service):
+    for user, out in zip(USERS, service.recommend_batch([service.validate(u) for u in USERS])):
+        assert len(out["items"]) == len(out["scores"]) == user["k"]
+        assert out["scores"] == sorted(out["scores"], reverse=True)
+        assert all(1 <= i <= NUM_ITEMS for i in out["items"])
+        assert len(set(out["items"])) == user["k"]
+        if user.get("exclude_history", True):  # all of it, also beyond max_history
+            assert not set(out["items"]) & set(user["history"])
+
+
+def test_exclude_history_false_may_return_history_items(service):
+    history = list(range(1, 9))
+    seen = service.recommend(service.validate({"history": history, "k": NUM_ITEMS, "exclude_history": False}))
+    assert set(history) <= set(seen["items"])  # k = the whole catalogue: every item appears
+
+
+def test_prompt_ids_are_used_as_given(service):
+    history = [4, 9, 11]
+    built = service.prompt_builder(history)
+    a = service.recommend(service.validate({"history": history}))
+    b = service.recommend(service.validate({"history": history, "prompt_ids": built}))
+    c = service.recommend(service.validate({"history": history, "prompt_ids": built[:2]}))
+    assert _close(a, b)
+    assert not _close(a, c)
+
+
+def test_a_failing_request_does_not_fail_its_batch(service):
+    requests = [service.validate(u) for u in USERS[:3]]
+    builder = service.prompt_builder
+
+    def flaky(history):
+        if list(history) == [50]:
+            raise RuntimeError("boom")
+        return builder(history)
+
+    service.prompt_builder = flaky
+    try:
+        out = service.recommend_batch_isolated(requests)
+    finally:
+        service.prompt_builder = builder
+    assert isinstance(out[2], RuntimeError)
+    assert all(_close(o, service.recommend(r)) for o, r in zip(out[:2], requests[:2]))
+
+
+def test_batch_stats_count_forwards(service):
+    before = service.stats.snapshot()
+    service.recommend_batch([service.validate(u) for u in USERS])
+    after = service.stats.snapshot()
+    assert after["batches"] == before["batches"] + 1
+    assert after["requests"] == before["requests"] + len(USERS)
+    assert after["max_batch_size"] >= len(USERS)
+    assert service.recommend_batch([]) == []
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A saved tiny model: (L2Rec checkpoint dir, backbone dir, catalogue)."""
+    root = tmp_path_factory.mktemp("l2rec")
+    model, cat = build_tiny_model(NUM_ITEMS, seed=0)
+    model.backbone.save_pretrained(root / "backbone")  # safetensors, no tokenizer files
+    model.save_pretrained(root / "ckpt")
+    return root / "ckpt", root / "backbone", cat
+
+
+def test_checkpoint_service_serves_the_saved_model(checkpoint, service):
+    ckpt, backbone, cat = checkpoint
+    loaded = build_service(ServiceSpec(checkpoint=str(ckpt), backbone=str(backbone), device="cpu",
+                                       dtype="float32"))
+    assert loaded.limits.requires_prompt_ids  # no tokenizer, no titles: no prompt builder
+    with pytest.raises(RequestError, match="prompt_ids is required"):
+        loaded.parse('{"history": [1, 2]}')
+    history = [5, 6, 7]
+    got = loaded.recommend(loaded.validate({"history": history, "prompt_ids": cat.prompt_tokens(history)}))
+    assert _close(got, service.recommend(service.validate({"history": history})))
+
+
+def test_checkpoint_service_builds_prompts_from_titles(checkpoint, tmp_path):
+    """--titles with a backbone directory that has a Hugging Face tokenizer."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+
+    ckpt, backbone, cat = checkpoint
+    # A word-level tokenizer over the catalogue's own words (ids < the backbone's vocab), with
+    # ";" as the catalogue's separator token.
+    vocab = {"[PAD]": 0, "[UNK]": 1, ";": 2, **cat.tokenizer.vocab}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()  # "item5;" -> "item5", ";"
+    with_tokenizer = tmp_path / "backbone"
+    with_tokenizer.mkdir()
+    for f in backbone.iterdir():
+        (with_tokenizer / f.name).write_bytes(f.read_bytes())
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
+        with_tokenizer)
+    titles = tmp_path / "titles.json"
+    titles.write_text(json.dumps(cat.titles))
+    svc = build_service(ServiceSpec(checkpoint=str(ckpt), backbone=str(with_tokenizer), titles=str(titles),
+                                    prompt_template="{titles} ;", device="cpu", dtype="float32"))
+    assert not svc.limits.requires_prompt_ids
+    history = [5, 6, 7]
+    expected = [t for i in history for t in (*cat.tokenizer.encode(cat.titles[i - 1]), 2)]
+    assert svc.prompt_builder(history) == expected
+    got = svc.recommend(svc.parse(json.dumps({"history": history})))
+    assert _close(got, svc.recommend(svc.validate({"history": history, "prompt_ids": expected})))
+
+
+def test_title_prompt_builder_fills_the_template():
+    seen = []
+
+    def tokenizer(text):  # one token per word: its position in the text
+        seen.append(text)
+        return {"input_ids": list(range(len(text.split())))}
+
+    build = TitlePromptBuilder(["a b", "ccc", "dd"], tokenizer, max_tokens=4, template="x {titles} yy")
+    assert build([1, 3]) == [1, 2, 3, 4]  # 5 tokens clipped to the last (most recent) 4
+    assert seen == ["x a b; dd yy"]
+    with pytest.raises(ValueError, match="titles"):
+        TitlePromptBuilder(["a"], tokenizer, 4, template="no placeholder")
+
+
+def test_cli_checks_its_arguments():
+    from l2rec_serving.__main__ import parse_args
+
+    args = parse_args(["--port", "9000"])
+    assert (args.host, args.replicas, args.max_batch_size, args.num_gpus) == ("127.0.0.1", 1, 32, 0)
+    with pytest.raises(SystemExit):
+        parse_args(["--port", "9000", "--checkpoint", "/x"])  # no --backbone
+
+
+# ----------------------------------------------------------------------------- AsyncBatcher
+def test_async_batcher_batches_concurrent_submissions():
+    import asyncio
+
+    sizes = []
+
+    def fn(items):
+        sizes.append(len(items))
+        return [ValueError(f"bad {x}") if x == 13 else x * 10 for x in items]
+
+    async def main():
+        batcher = AsyncBatcher(fn, max_batch_size=8, max_wait_s=0.05)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(20)), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(main())
+    assert [r for i, r in enumerate(results) if i != 13] == [i * 10 for i in range(20) if i != 13]
+    assert isinstance(results[13], ValueError)  # only the failing item's caller sees the error
+    assert sum(sizes) == 20 and max(sizes) == 8 and len(sizes) == 3  # full batches of 8, 8, 4
+
+
+def test_async_batcher_does_not_wait_when_alone_forever():
+    import asyncio
+    import time
+
+    async def main():
+        batcher = AsyncBatcher(lambda items: list(items), max_batch_size=64, max_wait_s=0.01)
+        t0 = time.perf_counter()
+        assert await batcher.submit("x") == "x"
+        elapsed = time.perf_counter() - t0
+        await batcher.close()
+        return elapsed
+
+    assert asyncio.run(main()) < 2.0  # one lone request waits max_wait_s, not for a full batch
+    with pytest.raises(ValueError, match="max_batch_size"):
+        AsyncBatcher(list, max_batch_size=0)
+
+
+# ----------------------------------------------------------------------------- FastAPI example
+def _load_example():
+    spec = importlib.util.spec_from_file_location("fastapi_embed", ROOT / "examples" / "fastapi_embed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fastapi_example(service):
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    pytest.importorskip("httpx", reason="the serve extra (httpx, for TestClient) is not installed")
+    from fastapi.testclient import TestClient
+
+    app = _load_example().create_app(service=service)
+    with TestClient(app) as client:
+        assert client.get("/healthz").json()["num_items"] == NUM_ITEMS
+        r = client.post("/recommend", json=USERS[0])
+        assert r.status_code == 200
+        assert _close(r.json(), service.recommend(service.validate(USERS[0])))
+        for body, status, _, needle in [("{", 400, "", "not valid JSON"),
+                                        ('{"history": [0]}', 422, "", "out of range"),
+                                        ('{"history": [1], "k": 0}', 422, "", "k must be in")]:
+            r = client.post("/recommend", content=body)
+            assert r.status_code == status and needle in r.json()["error"]
+        # Concurrent callers share the one model, batched.
+        before = client.get("/stats").json()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(lambda u: client.post("/recommend", json=u).status_code, USERS * 2))
+        assert codes == [200] * len(USERS) * 2
+        after = client.get("/stats").json()
+        assert after["requests"] - before["requests"] == len(USERS) * 2
+        assert after["batches"] - before["batches"] <= len(USERS) * 2
+
+
+# ----------------------------------------------------------------------------- Ray Serve app
+@pytest.fixture(scope="module")
+def ray_server():
+    """``python -m l2rec_serving`` on a free 127.0.0.1 port, started once for this module."""
+    pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
+    pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
+    from l2rec_serving.launch import ServerProcess
+
+    with ServerProcess(["--tiny-items", str(NUM_ITEMS), "--max-batch-size", "8",
+                        "--batch-wait-ms", "20"]) as server:
+        yield server
+
+
+def test_ray_server_health(ray_server):
+    import httpx
+
+    info = httpx.get(ray_server.url + "/healthz", timeout=30).json()
+    assert info["status"] == "ok" and info["num_items"] == NUM_ITEMS and info["builds_prompts"]
+
+
+def test_ray_server_recommends_what_the_core_does(ray_server, service):
+    import httpx
+
+    for user in USERS:
+        r = httpx.post(ray_server.url + "/recommend", json=user, timeout=30)
+        assert r.status_code == 200, r.text
+        assert _close(r.json(), service.recommend(service.validate(user)))  # same seed, same model
+
+
+@pytest.mark.parametrize("body,status,field,needle", GENERIC_BAD)
+def test_ray_server_rejects_bad_requests_and_keeps_serving(ray_server, body, status, field, needle):
+    import httpx
+
+    r = httpx.post(ray_server.url + "/recommend", content=body,
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]
+    assert field in [e["field"] for e in r.json()["errors"]]
+    assert httpx.post(ray_server.url + "/recommend", json=USERS[0], timeout=30).status_code == 200
+
+
+def test_ray_server_range_errors_follow_the_served_model(ray_server):
+    import httpx
+
+    for body, needle in [({"history": [NUM_ITEMS + 1]}, f"item ids are 1..{NUM_ITEMS}"),
+                         ({"history": [1], "k": NUM_ITEMS + 1}, f"k must be in [1, {NUM_ITEMS}]"),
+                         ({"history": [1], "prompt_ids": [10**6]}, "token ids are 0..")]:
+        r = httpx.post(ray_server.url + "/recommend", json=body, timeout=30)
+        assert r.status_code == 422 and needle in r.json()["error"], r.text
+
+
+def test_ray_server_batches_concurrent_requests(ray_server):
+    import httpx
+
+    before = httpx.get(ray_server.url + "/stats", timeout=30).json()
+    users = [{"history": [1 + (i * 7) % NUM_ITEMS, 1 + (i * 13) % NUM_ITEMS], "k": 5} for i in range(32)]
+    with httpx.Client(timeout=60) as client, concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda u: client.post(ray_server.url + "/recommend", json=u), users))
+    assert [a.status_code for a in answers] == [200] * len(users)
+    after = httpx.get(ray_server.url + "/stats", timeout=30).json()
+    assert after["requests"] - before["requests"] == len(users)
+    assert after["batches"] - before["batches"] < len(users)  # some forwards carried several users
+    assert after["max_batch_size"] <= 8
+
+
+def test_ray_server_stops_cleanly(ray_server):
+    import httpx
+
+    assert ray_server.stop() == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(ray_server.url + "/healthz", timeout=5)

@@ -1,0 +1,277 @@
+"""``topk_items``: both backends against ``torch.mm`` + ``torch.topk`` in float64.
+
+Near-equal scores may come in either order, so results are checked by value: the
+returned scores equal the reference top-k values, each id really has the score it
+claims, ids are distinct, and excluded items never appear.
+"""
+
+
+import pytest
+import torch
+
+from l2rec_kernels.ops.topk_items import topk_items, topk_items_torch
+
+BACKENDS = ["torch", "triton"]
+ATOL = {torch.float32: 1e-4, torch.float16: 1e-4, torch.bfloat16: 1e-4}  # fp32 accumulation
+
+
+def reference_scores(query, item_emb, exclude=None) -> torch.Tensor:
+    scores = query.double().cpu() @ item_emb.double().cpu().T
+    if exclude is not None:
+        for b, row in enumerate(exclude.cpu().tolist()):
+            banned = [i for i in row if i >= 0]
+            scores[b, banned] = float("-inf")
+    return scores
+
+
+def check_topk(scores, ids, query, item_emb, k, exclude=None):
+    batch = query.shape[0]
+    assert scores.shape == (batch, k) and ids.shape == (batch, k)
+    assert scores.dtype == torch.float32 and ids.dtype == torch.int64
+    assert scores.device == query.device and ids.device == query.device
+    scores, ids = scores.double().cpu(), ids.cpu()
+    full = reference_scores(query, item_emb, exclude)
+    want = torch.topk(full, k, dim=1).values
+    atol = ATOL[query.dtype] * max(1.0, float(full[torch.isfinite(full)].abs().max()) if full.numel() else 1)
+    filled = ids >= 0
+    # Missing slots (too few candidates after exclusion) are exactly -inf / -1, at the end.
+    assert torch.equal(filled, torch.isfinite(want)), "missing slots differ from the reference"
+    assert torch.equal(~filled, scores == float("-inf"))
+    torch.testing.assert_close(scores[filled], want[filled], rtol=0, atol=atol)
+    assert (scores[:, 1:] <= scores[:, :-1]).all(), "scores are not descending"
+    for b in range(batch):
+        row = ids[b][filled[b]]
+        assert row.unique().numel() == row.numel(), f"duplicate ids in row {b}"
+        assert ((row >= 0) & (row < item_emb.shape[0])).all()
+        claimed = full[b, row]
+        assert torch.isfinite(claimed).all(), f"row {b} returned an excluded item"
+        torch.testing.assert_close(scores[b][filled[b]], claimed, rtol=0, atol=atol)
+
+
+def make(batch, num_items, dim, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, dim, generator=g).to(device=device, dtype=dtype)
+    item_emb = torch.randn(num_items, dim, generator=g).to(device=device, dtype=dtype)
+    return query, item_emb
+
+
+def random_exclude(batch, width, num_items, device, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ex = torch.randint(-1, num_items, (batch, width), generator=g)
+    return ex.to(device)
+
+
+SHAPES = [  # (B, N, d, k)
+    (3, 1237, 40, 10), (2, 1237, 40, 1), (4, 57, 24, 57), (2, 1100, 33, 1024), (1, 1237, 17, 25),
+    (37, 300, 16, 5),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_N{}_d{}_k{}".format(*s))
+@pytest.mark.parametrize("with_exclude", [False, True], ids=["all", "exclude"])
+def test_matches_float64_reference(backend, dtype, shape, with_exclude, device):
+    batch, num_items, dim, k = shape
+    query, item_emb = make(batch, num_items, dim, dtype, device)
+    exclude = random_exclude(batch, 9, num_items, device) if with_exclude else None
+    scores, ids = topk_items(query, item_emb, k, exclude=exclude, backend=backend)
+    check_topk(scores, ids, query, item_emb, k, exclude)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend, device):
+    query, item_emb = make(0, 100, 8, torch.float32, device)
+    for exclude in (None, torch.zeros(0, 3, dtype=torch.int64, device=device)):
+        scores, ids = topk_items(query, item_emb, 7, exclude=exclude, backend=backend)
+        assert scores.shape == (0, 7) and ids.shape == (0, 7)
+        assert scores.dtype == torch.float32 and ids.dtype == torch.int64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_few_candidates_fill_with_minus_one(backend, device):
+    query, item_emb = make(3, 20, 8, torch.float32, device)
+    exclude = torch.tensor([[0, 1, 2, 3, 4, -1],    # 15 left
+                            [-1, -1, -1, -1, -1, -1],  # 20 left
+                            [5, 5, 6, 19, 0, -1]], device=device)  # duplicates: 16 left
+    scores, ids = topk_items(query, item_emb, 20, exclude=exclude, backend=backend)
+    check_topk(scores, ids, query, item_emb, 20, exclude)
+    assert (ids == -1).sum(1).tolist() == [5, 0, 4]
+    everything = torch.arange(20, device=device).expand(3, 20)
+    scores, ids = topk_items(query, item_emb, 4, exclude=everything, backend=backend)
+    assert (ids == -1).all() and (scores == float("-inf")).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ex_dtype", [torch.int32, torch.int64, torch.int16])
+def test_exclude_dtypes_and_strides(backend, ex_dtype, device):
+    query, item_emb = make(4, 400, 12, torch.float32, device)
+    exclude = random_exclude(12, 4, 400, device).to(ex_dtype).T  # [4, 12], not contiguous
+    scores, ids = topk_items(query, item_emb, 30, exclude=exclude, backend=backend)
+    check_topk(scores, ids, query, item_emb, 30, exclude)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_excludes_the_true_best(backend, device):
+    query, item_emb = make(5, 500, 16, torch.float32, device)
+    best = reference_scores(query, item_emb).topk(3, dim=1).indices.to(device)
+    scores, ids = topk_items(query, item_emb, 10, exclude=best, backend=backend)
+    check_topk(scores, ids, query, item_emb, 10, best)
+    assert not (ids[:, :, None] == best[:, None, :]).any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tied_scores_give_distinct_ids(backend, device):
+    query, base = make(3, 40, 8, torch.float32, device)
+    item_emb = base.repeat(5, 1)  # every score appears 5 times
+    scores, ids = topk_items(query, item_emb, 23, backend=backend)
+    check_topk(scores, ids, query, item_emb, 23)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_inputs(backend, device):
+    query, item_emb = make(6, 300, 20, torch.float32, device)
+    q_t = query.T.contiguous().T  # same values, column-major
+    e_view = torch.cat([item_emb, item_emb], dim=1)[:, ::2]  # row stride 40, column stride 2
+    scores, ids = topk_items(q_t, e_view, 9, backend=backend)
+    check_topk(scores, ids, q_t, e_view, 9)
+
+
+def test_torch_chunk_merging(device):
+    """Chunks smaller than k, and a catalogue that is not a multiple of the chunk."""
+    query, item_emb = make(4, 1237, 16, torch.float32, device)
+    exclude = random_exclude(4, 30, 1237, device)
+    for chunk in (1, 100, 1237, 5000):
+        scores, ids = topk_items_torch(query, item_emb, 150, exclude, chunk_items=chunk)
+        check_topk(scores, ids, query, item_emb, 150, exclude)
+
+
+@pytest.mark.parametrize("tiles", [1, 3])
+def test_triton_slices_merge(tiles, device):
+    """Many catalogue slices (programs) per query block, merged by the final topk."""
+    from l2rec_kernels.ops._topk_triton import topk_items_triton
+
+    query, item_emb = make(35, 777, 16, torch.float32, device)
+    exclude = random_exclude(35, 6, 777, device)
+    for k in (1, 10, 128):
+        scores, ids = topk_items_triton(query, item_emb, k, exclude, tiles_per_slice=tiles)
+        check_topk(scores, ids, query, item_emb, k, exclude)
+
+
+def test_backends_agree(device):
+    query, item_emb = make(8, 999, 32, torch.float32, device)
+    a = topk_items(query, item_emb, 16, backend="torch")
+    b = topk_items(query, item_emb, 16, backend="triton")
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-4)
+    assert (a[1] == b[1]).float().mean() > 0.95  # only near-ties may swap
+
+
+def test_auto_is_torch_on_cpu():
+    query, item_emb = make(2, 50, 4, torch.float32, "cpu")
+    a, b = topk_items(query, item_emb, 5), topk_items(query, item_emb, 5, backend="torch")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_no_gradient(device):
+    query, item_emb = make(2, 50, 4, torch.float32, device)
+    query.requires_grad_(True)
+    for backend in BACKENDS:
+        scores, _ = topk_items(query, item_emb, 5, backend=backend)
+        assert not scores.requires_grad
+
+
+# ----------------------------------------------------------------------------- bad input
+def _bad_cases(d):
+    q, e = make(3, 20, 8, torch.float32, d)
+    return [
+        (dict(query=q.tolist(), item_emb=e, k=2), TypeError, "query"),
+        (dict(query=q[0], item_emb=e, k=2), ValueError, "query"),
+        (dict(query=q, item_emb=e[None], k=2), ValueError, "item_emb"),
+        (dict(query=q, item_emb=e[:, :5], k=2), ValueError, "item_emb"),
+        (dict(query=q[:, :0], item_emb=e[:, :0], k=2), ValueError, "query"),
+        (dict(query=q, item_emb=e.half(), k=2), TypeError, "item_emb"),
+        (dict(query=q.double(), item_emb=e.double(), k=2), TypeError, "query"),
+        (dict(query=q.long(), item_emb=e, k=2), TypeError, "query"),
+        (dict(query=q, item_emb=e.to("meta"), k=2), ValueError, "item_emb"),
+        (dict(query=q, item_emb=e, k=0), ValueError, "k"),
+        (dict(query=q, item_emb=e, k=21), ValueError, "k"),
+        (dict(query=q, item_emb=e[:0], k=1), ValueError, "k"),
+        (dict(query=q, item_emb=e, k=2.0), TypeError, "k"),
+        (dict(query=q, item_emb=e, k=True), TypeError, "k"),
+        (dict(query=q, item_emb=e, k=torch.tensor(2)), TypeError, "k"),
+        (dict(query=q, item_emb=e, k=2, exclude=torch.zeros(3, 2)), TypeError, "exclude"),
+        (dict(query=q, item_emb=e, k=2, exclude=torch.zeros(3, 2, dtype=torch.bool)), TypeError, "exclude"),
+        (dict(query=q, item_emb=e, k=2, exclude=[[1, 2]] * 3), TypeError, "exclude"),
+        (dict(query=q, item_emb=e, k=2, exclude=torch.zeros(3, dtype=torch.long)), ValueError, "exclude"),
+        (dict(query=q, item_emb=e, k=2, exclude=torch.zeros(2, 4, dtype=torch.long)), ValueError, "exclude"),
+        (dict(query=q, item_emb=e, k=2, exclude=torch.full((3, 2), 20)), ValueError, "exclude"),
+        (dict(query=q, item_emb=e, k=2, exclude=torch.full((3, 2), -2)), ValueError, "exclude"),
+        (dict(query=q, item_emb=e, k=2, backend="cuda"), ValueError, "backend"),
+        (dict(query=q, item_emb=e, k=2, backend="gpu"), ValueError, "backend"),
+    ]
+
+
+_HOST_CHECKED = (20, 21)  # the exclude range cases
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", range(24))
+def test_bad_inputs(backend, case, device):
+    kwargs, exc, name = _bad_cases(device)[case]
+    if device.type != "cpu" and case in _HOST_CHECKED:
+        pytest.skip("exclude values are range-checked on the host only (no sync on CUDA)")
+    kwargs.setdefault("backend", backend)
+    if isinstance(kwargs.get("exclude"), torch.Tensor):
+        kwargs["exclude"] = kwargs["exclude"].to(device)
+    with pytest.raises(exc, match=name):
+        topk_items(**kwargs)
+
+
+def test_triton_limits(device):
+    query, item_emb = make(2, 4100, 1, torch.float32, device)
+    with pytest.raises(ValueError, match="k <= 2048"):
+        topk_items(query, item_emb, 4000, backend="triton")
+    scores, ids = topk_items(query, item_emb, 4000, backend="torch")  # the torch path has no cap
+    check_topk(scores, ids, query, item_emb, 4000)
+
+
+# ----------------------------------------------------------------------------- registration
+def test_opcheck_registered_op(device):
+    from l2rec_kernels.ops._topk_triton import topk_items_op
+
+    query, item_emb = make(5, 300, 24, torch.float32, device)
+    exclude = random_exclude(5, 4, 300, device)
+    for args in [(query, item_emb, 7, exclude, 0), (query, item_emb, 7, exclude[:, :0], 1),
+                 (query[:0], item_emb, 3, exclude[:0], 0)]:
+        torch.library.opcheck(topk_items_op, args)
+
+
+def test_compile_fullgraph(device):
+    query, item_emb = make(5, 300, 24, torch.float32, device)
+    exclude = random_exclude(5, 4, 300, device)
+    topk_items(query, item_emb, 7, exclude, backend="triton")  # eager first: discovery cached
+    for backend in BACKENDS:
+        fn = torch.compile(lambda q, e, x, b=backend: topk_items(q, e, 7, x, backend=b),
+                           fullgraph=True, backend="aot_eager")
+        scores, ids = fn(query, item_emb, exclude)
+        check_topk(scores, ids, query, item_emb, 7, exclude)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_on_gpu(backend, device):
+    query, item_emb = make(70, 5000, 64, torch.bfloat16, device)
+    exclude = random_exclude(70, 20, 5000, device)
+    for k in (1, 10, 1024):
+        scores, ids = topk_items(query, item_emb, k, exclude=exclude, backend=backend)
+        check_topk(scores, ids, query, item_emb, k, exclude)
+
+
+@pytest.mark.gpu
+def test_large_catalogue_on_gpu(device):
+    query, item_emb = make(300, 200_003, 128, torch.float16, device)
+    scores, ids = topk_items(query, item_emb, 100, backend="triton")
+    ref_scores, _ = topk_items(query, item_emb, 100, backend="torch")
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-3)
+    claimed = (query[:, None, :].float() * item_emb[ids].float()).sum(-1)
+    torch.testing.assert_close(scores, claimed, rtol=0, atol=1e-3)
