@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._validation import check_int, check_range
 from . import adapters
 from .config import NUM_VIEWS, L2RecConfig
 from .encoders import SASRecEncoder, last_true_index, semantic_summary
@@ -149,6 +150,13 @@ class L2RecBase(nn.Module):
         history_ids [B, H] (0 = padding), candidate_ids [C] or [B, C] (None: the whole
         catalogue), labels [B] (indices into candidate_ids, or item ids for the catalogue).
         """
+        z, gates = self._preference(input_ids, attention_mask, history_ids, candidate_ids, labels)
+        scores = self.score(z, candidate_ids)
+        loss = None if labels is None else F.cross_entropy(scores.float(), labels.long())
+        return L2RecOutput(scores=scores, preference=z, gates=gates, loss=loss)
+
+    def _preference(self, input_ids, attention_mask, history_ids, candidate_ids=None, labels=None):
+        """(z [B, pref_dim], gates [2, B, E]) after checking the inputs."""
         mask = check_forward_inputs(
             input_ids, attention_mask, history_ids, candidate_ids, labels,
             vocab_size=self.backbone.config.vocab_size, num_items=self.num_items,
@@ -157,26 +165,44 @@ class L2RecBase(nn.Module):
             raise ValueError("input_ids must have at least one row (got an empty batch)")
         gates = self.route_gates(self.gate_logits(history_ids))
         h_b, h_s = self._dual_hidden(input_ids, mask, gates)
-        z = self.fusion(h_b, h_s)
-        scores = self.score(z, candidate_ids)
-        loss = None if labels is None else F.cross_entropy(scores.float(), labels.long())
-        return L2RecOutput(scores=scores, preference=z, gates=gates, loss=loss)
+        return self.fusion(h_b, h_s), gates
+
+    def _check_recommend_args(self, history_ids, k, exclude_history, exclude_ids) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
+            raise ValueError(f"k must be an int in [1, num_items={self.num_items}], got {k!r}")
+        if not isinstance(exclude_history, bool):
+            raise TypeError(f"exclude_history must be a bool, got {type(exclude_history).__name__}")
+        if exclude_ids is not None:
+            check_int("exclude_ids", exclude_ids, ndim=2, device=history_ids.device)
+            if exclude_ids.shape[0] != history_ids.shape[0]:
+                raise ValueError(f"exclude_ids must have one row per user ({history_ids.shape[0]}), "
+                                 f"got shape {tuple(exclude_ids.shape)}")
+            if exclude_ids.device.type == "cpu":  # free on the host; a sync on a GPU
+                check_range("exclude_ids", exclude_ids, -1, self.num_items)
 
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask, history_ids, k: int = 10,
-                  exclude_history: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  exclude_history: bool = True, exclude_ids: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The k best catalogue items per user: (scores [B, k] descending, item_ids [B, k]).
 
-        The padding item is never returned; with ``exclude_history`` neither are the items
-        already in the user's history.
+        The padding item 0 is never returned; with ``exclude_history`` neither are the
+        items in ``history_ids``, and ``exclude_ids`` [B, X] (integer, -1 = no item) adds
+        per-user exclusions (e.g. a history longer than ``max_history``). When exclusions
+        leave fewer than k items, the missing slots come last with score -inf and id -1.
+
+        This is the plain formulation (every item scored, then ``torch.topk``), the oracle
+        that ``FusedL2Rec.recommend`` is tested against.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
-            raise ValueError(f"k must be an int in [1, num_items={self.num_items}], got {k!r}")
+        self._check_recommend_args(history_ids, k, exclude_history, exclude_ids)
         scores = self.forward(input_ids, attention_mask, history_ids).scores
         if exclude_history:
             scores = scores.scatter(1, history_ids.long(), float("-inf"))
+        if exclude_ids is not None:  # -1 entries are sent to column 0, already -inf
+            scores = scores.scatter(1, exclude_ids.long().clamp_min(0), float("-inf"))
         top = torch.topk(scores, k, dim=-1)
-        return top.values, top.indices
+        ids = torch.where(torch.isneginf(top.values), -1, top.indices)
+        return top.values, ids
 
     # ----------------------------------------------------------------- adapters lifecycle
     def remove_adapters(self) -> None:

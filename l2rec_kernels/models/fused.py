@@ -6,6 +6,9 @@
   weight, with each sequence's view and gate, and no [rows, E, d_out] tensor.
 * Both views' gates come from a single ``route`` call; the per-batch bookkeeping
   (positions, last rows, sequence offsets) from a single ``batch_metadata`` call.
+* ``recommend`` never builds the [B, N] score matrix: the item table e_i is computed once
+  and cached (until a weight it depends on changes), and ``topk_items`` finds each user's
+  k best items with the exclusions applied in the same pass.
 
 It shares every tensor with the model it was made from (``from_reference``), has the same
 ``state_dict()`` keys and forward signature, and loads the same checkpoints.
@@ -23,6 +26,7 @@ from .._backend import BACKENDS
 from ..ops.batch_metadata import batch_metadata
 from ..ops.dpmoe_linear import dpmoe_linear
 from ..ops.route import route
+from ..ops.topk_items import topk_items
 from . import adapters
 from .base import L2RecBase
 from .config import NUM_VIEWS, L2RecConfig
@@ -37,10 +41,10 @@ _VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 def _op_backends(backend: str) -> dict[str, str]:
     """Which backend each op runs for a model-level backend choice."""
     if backend == "cuda":  # the extension does routing and metadata; GEMMs are Triton's
-        return {"route": "cuda", "metadata": "cuda", "dpmoe": "triton"}
+        return {"route": "cuda", "metadata": "cuda", "dpmoe": "triton", "topk": "triton"}
     if backend == "triton":
-        return {"route": "triton", "metadata": "torch", "dpmoe": "triton"}
-    return {"route": backend, "metadata": backend, "dpmoe": backend}
+        return {"route": "triton", "metadata": "torch", "dpmoe": "triton", "topk": "triton"}
+    return {"route": backend, "metadata": backend, "dpmoe": backend, "topk": backend}
 
 
 class FusedContext(adapters.RoutingContext):
@@ -75,6 +79,7 @@ class FusedL2Rec(L2RecBase):
         super().__init__(backbone, config, share_from=share_from)
         self.backend = backend
         self.packing = packing
+        self._item_cache: tuple[tuple, torch.Tensor] | None = None
 
     @classmethod
     def from_reference(cls, ref: L2RecBase, backend: str = "auto",
@@ -149,3 +154,55 @@ class FusedL2Rec(L2RecBase):
             rows = torch.arange(NUM_VIEWS * batch, device=hidden.device)
             last = hidden[rows, meta.last_index.repeat(NUM_VIEWS)]
         return last[:batch], last[batch:]
+
+    # ----------------------------------------------------------------- recommendation
+    def _item_table_sources(self) -> tuple[torch.Tensor, ...]:
+        return (self.behavior_encoder.item_emb.weight, self.item_text_table,
+                self.scorer.id_proj.weight, self.scorer.text_proj.weight)
+
+    def item_table(self) -> torch.Tensor:
+        """The whole item table e_i, [num_items + 1, pref_dim], cached between calls.
+
+        The cache key is each source tensor's identity, storage, version counter, device
+        and dtype: any in-place change (``load_state_dict``, an optimiser step,
+        ``set_item_text_table``, an edit through the reference model sharing these
+        tensors), a replaced parameter or a ``.to()`` recomputes it. It costs one extra
+        [num_items + 1, pref_dim] tensor of memory; ``clear_item_cache()`` frees it.
+        """
+        key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype)
+                    for t in self._item_table_sources())
+        cached = self._item_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            table = self.item_embeddings().contiguous()
+        self._item_cache = (key, table)  # one assignment: safe for concurrent readers
+        return table
+
+    def clear_item_cache(self) -> None:
+        """Drop the cached item table (it is rebuilt on the next ``recommend``)."""
+        self._item_cache = None
+
+    @torch.no_grad()
+    def recommend(self, input_ids, attention_mask, history_ids, k: int = 10,
+                  exclude_history: bool = True, exclude_ids: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best catalogue items per user: (scores [B, k] descending, item_ids [B, k]).
+
+        Same answer and arguments as ``L2Rec.recommend`` (scores z·e_i / τ_s; the padding
+        item 0 never returned; with ``exclude_history`` the history items neither;
+        ``exclude_ids`` [B, X] more per-user exclusions, -1 = none; missing slots, when
+        exclusions leave fewer than k items, come last with score -inf and id -1),
+        computed with the cached item table and ``topk_items``: no [B, N] score matrix.
+        """
+        self._check_recommend_args(history_ids, k, exclude_history, exclude_ids)
+        z, _ = self._preference(input_ids, attention_mask, history_ids)
+        table = self.item_table()
+        query = (z / self.scorer.temperature).to(table.dtype)
+        pad = torch.zeros(z.shape[0], 1, dtype=torch.long, device=z.device)  # the padding item
+        parts = [pad] + ([history_ids.long()] if exclude_history else [])
+        parts += [] if exclude_ids is None else [exclude_ids.long()]
+        exclude = torch.cat(parts, dim=1)
+        scores, ids = topk_items(query, table, k, exclude=exclude,
+                                 backend=_op_backends(self._backend)["topk"])
+        return scores.to(z.dtype), ids

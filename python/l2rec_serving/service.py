@@ -111,38 +111,32 @@ class RecommenderService:
                 "attention_mask": prompts["attention_mask"].to(self.device),
                 "history_ids": history.to(self.device)}
 
-    def _exclusion_index(self, requests: Sequence[RecommendRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, item ids) to mask: every item of every excluding user's whole history,
-        not only the most recent ``max_history`` the encoders read."""
-        rows, items = [], []
-        for i, r in enumerate(requests):
-            if r.exclude_history:
-                seen = sorted(set(r.history))
-                rows += [i] * len(seen)
-                items += seen
-        return (torch.tensor(rows, dtype=torch.long, device=self.device),
-                torch.tensor(items, dtype=torch.long, device=self.device))
+    def _exclusions(self, requests: Sequence[RecommendRequest]) -> torch.Tensor:
+        """[B, X] item ids to exclude, -1 padded: every item of every excluding user's whole
+        history, not only the most recent ``max_history`` the encoders read."""
+        seen = [sorted(set(r.history)) if r.exclude_history else [] for r in requests]
+        out = torch.full((len(requests), max(1, max(map(len, seen)))), -1, dtype=torch.long)
+        for i, items in enumerate(seen):
+            out[i, : len(items)] = torch.tensor(items, dtype=torch.long)
+        return out.to(self.device)
 
     def recommend_batch(self, requests: Sequence[RecommendRequest]) -> list[dict]:
         """One forward for all ``requests`` -> one ``{"items", "scores"}`` per request.
 
-        Requests may mix ``k`` and ``exclude_history``: the catalogue is scored once, each
-        user's own history is masked where asked, and one top-k at the largest k is sliced
-        per user (top-k is sorted, so the slice is that user's own top-k).
+        Requests may mix ``k`` and ``exclude_history``: one ``model.recommend`` at the
+        largest k with each user's own exclusions, sliced per user (the top-k is sorted, so
+        the slice is that user's own top-k). With ``FusedL2Rec`` that is the cached item
+        table and ``topk_items``: no [B, N] score matrix.
         """
         if not requests:
             return []
         start = time.perf_counter()
         inputs = self._inputs(requests)
         with torch.inference_mode():
-            # forward (not model.recommend): its exclude flag is one per batch and covers
-            # only the model's truncated history; here each user gets their own.
-            scores = self.model(**inputs).scores.float()  # [B, num_items + 1], column 0 = -inf
-            rows, items = self._exclusion_index(requests)
-            if rows.numel():
-                scores.index_put_((rows, items), torch.tensor(float("-inf"), device=self.device))
-            top = torch.topk(scores, max(r.k for r in requests), dim=-1)
-            values, ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
+            values, ids = self.model.recommend(
+                **inputs, k=max(r.k for r in requests), exclude_history=False,
+                exclude_ids=self._exclusions(requests))
+            values, ids = values.float().cpu().tolist(), ids.cpu().tolist()
         self.stats.record(len(requests), time.perf_counter() - start)
         return [{"items": ids[i][: r.k], "scores": values[i][: r.k]} for i, r in enumerate(requests)]
 
