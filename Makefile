@@ -1,6 +1,8 @@
 # The README's two set-up commands:
 #   make bench   the main job: set up, then benchmark the built-in tiny model
 #   make test    set up, then run the test suite
+# Also: make serve (the HTTP recommender on 127.0.0.1:8000), make load-test, make lint,
+# make cuda-check (compile csrc/ with nvcc, no GPU needed).
 # Each does all of its own set-up on a fresh machine: a local virtual environment in
 # .venv, torch (pinned to the CPU-capable 2.13.0 wheel only when no torch is present, so a
 # machine without a GPU never downloads CUDA wheels), the dependencies and the package.
@@ -15,7 +17,7 @@ TORCH_PIN ?= torch==2.13.0
 VENV_FLAGS := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 STAMP   := $(VENV)/.l2rec-installed
 
-.PHONY: setup test bench cuda-check lint clean
+.PHONY: setup test bench serve load-test cuda-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -23,7 +25,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml setup.py
 	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q "setuptools>=64" wheel
-	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
+	$(PIP) install -q --no-build-isolation -e ".[test,bench,serve]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,6 +35,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/latency.py --quick
+
+PORT ?= 8000
+serve: $(STAMP)
+	$(PY) -m l2rec_serving --port $(PORT)
+
+load-test: $(STAMP)
+	$(PY) bench/load_test.py --requests 2000 --concurrency 32
 
 # Compile every csrc/ source for sm_90a (nvcc; the host compiler for .cpp) against the
 # installed torch's headers, warnings as errors; link the extension in a temporary
