@@ -3,7 +3,12 @@
 * Providers are timed in **interleaved rounds** (A, B, C, A, B, C, ...) so the machine's
   drift (frequency, other load) affects every ratio equally; each reported number is the
   median (with p20/p80) over rounds, after warm-up.
-* On CUDA each call is timed with CUDA events; on the CPU with ``perf_counter``.
+* On CUDA each sample is timed with CUDA events; on the CPU with ``perf_counter``. Ops
+  that take microseconds are timed ``number`` calls per sample (``calls_per_sample``
+  picks it), so the timer's own cost does not dominate.
+* ``flush_cache``: on CUDA a 256 MiB buffer is zeroed before every sample (as
+  ``triton.testing.do_bench`` does), so no provider finds its inputs in L2. On the CPU,
+  callers rotate between several input sets (``Rotation``) for the same reason.
 * Peak memory: on CUDA the allocator's peak; on the CPU the process's resident high-water
   mark (VmHWM), reset before each measurement through ``/proc/self/clear_refs``, minus the
   resident size before the call: the extra memory the call needed at its peak. The heap
@@ -26,18 +31,56 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_once(fn: Callable[[], object], device: torch.device) -> float:
-    """Milliseconds for one call."""
+class Rotation:
+    """Calling it returns the next of ``items``, round robin: inputs rotate between calls."""
+
+    def __init__(self, items: list) -> None:
+        if not items:
+            raise ValueError("Rotation needs at least one item")
+        self.items, self.i = list(items), -1
+
+    def __call__(self):
+        self.i = (self.i + 1) % len(self.items)
+        return self.items[self.i]
+
+
+_FLUSH: dict[torch.device, torch.Tensor] = {}
+
+
+def _flush_l2(device: torch.device) -> None:
+    buf = _FLUSH.get(device)
+    if buf is None:
+        buf = _FLUSH[device] = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=device)
+    buf.zero_()
+
+
+def _time_once(fn: Callable[[], object], device: torch.device, number: int = 1,
+               flush_cache: bool = False) -> float:
+    """Milliseconds per call, over ``number`` back-to-back calls."""
     if device.type == "cuda":
+        if flush_cache:
+            _flush_l2(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(number):
+            fn()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end)
+        return start.elapsed_time(end) / number
     t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / number
+
+
+def calls_per_sample(fn: Callable[[], object], device: torch.device, target_ms: float = 2.0,
+                     cap: int = 1000) -> int:
+    """How many calls make one sample last about ``target_ms`` (1 for anything slower)."""
+    with torch.inference_mode():
+        fn()
+        _sync(device)
+        one = _time_once(fn, device, 3) or 1e-6
+    return max(1, min(cap, int(target_ms / one)))
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -50,11 +93,12 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def interleaved(providers: dict[str, Callable[[], object]], device: torch.device, *,
-                rounds: int = 10, warmup: int = 2, min_time_s: float = 0.0) -> dict[str, dict]:
+                rounds: int = 10, warmup: int = 2, min_time_s: float = 0.0, number: int = 1,
+                flush_cache: bool = False) -> dict[str, dict]:
     """Time every provider in interleaved rounds -> {name: {median, p20, p80, samples}} (ms).
 
-    Each round calls each provider once; ``rounds`` rounds at least, more until
-    ``min_time_s`` has passed.
+    Each round takes one sample of each provider (``number`` calls, ms per call);
+    ``rounds`` rounds at least, more until ``min_time_s`` has passed.
     """
     with torch.inference_mode():
         for _ in range(warmup):
@@ -66,7 +110,7 @@ def interleaved(providers: dict[str, Callable[[], object]], device: torch.device
         done = 0
         while done < rounds or time.perf_counter() - start < min_time_s:
             for name, fn in providers.items():
-                samples[name].append(_time_once(fn, device))
+                samples[name].append(_time_once(fn, device, number, flush_cache))
             done += 1
     return {name: {"median": statistics.median(s), "p20": percentile(s, 0.2),
                    "p80": percentile(s, 0.8), "samples": s} for name, s in samples.items()}

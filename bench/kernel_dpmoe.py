@@ -3,36 +3,37 @@
 Times, side by side in interleaved rounds (bench/_timing.py), one targeted linear of the
 stacked dual-view batch (2 views x B sequences x T tokens):
 
-* ``plain_linear``      ``F.linear(x, W, b)`` over all rows: the floor (no experts at all);
-* ``torch``             ``dpmoe_linear(..., backend="torch")`` (on CPU: per-view runs);
-* ``torch_concat``      the torch backend's sync-free concatenated path (CUDA, compile);
-* ``triton``            ``dpmoe_linear(..., backend="triton")`` (CUDA only: the CPU interpreter
-                        is for tests, not timing);
-* ``reference_einsum``  the iLoRA formulation the reference model uses: per view, on that
-                        view's rows, per-expert einsums, then the gate-weighted sum.
+* ``plain_linear``           ``F.linear(x, W, b)`` over all rows: the floor (no experts);
+* ``dpmoe_linear[torch]``    ``dpmoe_linear(..., backend="torch")`` (on CPU: per-view runs);
+* ``dpmoe_linear[torch_concat]``  the torch backend's sync-free concatenated path (what
+                             CUDA tensors and torch.compile get; CPU only here, since on
+                             CUDA it is what ``dpmoe_linear[torch]`` runs);
+* ``dpmoe_linear[triton]``   ``backend="triton"`` (CUDA only: the CPU interpreter is for
+                             tests, not timing);
+* ``reference_einsum``       the iLoRA formulation the reference model uses: per view, on
+                             that view's rows, per-expert einsums, then the gate-weighted sum;
+* ``peft_loop``              PEFT's way with mixed adapter batches, one LoRA adapter per
+                             (view, expert): gather the rows using it, x A^T B^T x gate,
+                             scatter-add into the base output.
 
-``make_inputs`` and ``providers`` are reused by bench/latency.py.
+``python bench/latency.py --sections dpmoe`` runs the sweep (``cases``); this script times
+one shape given on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _report import DTYPES, Case, RunConfig, dtype_name, format_table, stats_rows
+from _timing import Rotation, interleaved
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-
-from _timing import device_name, interleaved, peak_memory_mb  # noqa: E402
-
-from l2rec_kernels._backend import triton_unavailable_reason  # noqa: E402
-from l2rec_kernels.ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch  # noqa: E402
+from l2rec_kernels._backend import triton_unavailable_reason
+from l2rec_kernels.ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +51,28 @@ class DpmoeShape:
         return self.views * self.seqs_per_view * self.seq_len
 
     def label(self) -> str:
-        return (f"{self.views}v x {self.seqs_per_view}seq x {self.seq_len}tok (M={self.rows}), "
-                f"{self.d_in}->{self.d_out}, E={self.experts}, r={self.rank}")
+        return (f"M={self.rows} ({self.views}v x {self.seqs_per_view}seq x {self.seq_len}tok) "
+                f"{self.d_in}->{self.d_out} E={self.experts} r={self.rank}")
 
 
-CPU_SHAPE = DpmoeShape()
+CPU_SHAPE = DpmoeShape()                                  # cpu-small's up/gate projection
+GPU_SHAPE = DpmoeShape(seq_len=256, d_in=896, d_out=4864)  # Qwen2-0.5B's, 16 users
+# Full sweeps vary one axis at a time around the base shape (then every dtype at the base).
+CPU_AXES = {"seqs_per_view": [4, 64], "d_in,d_out": [(1376, 512), (1024, 2816)],
+            "experts": [2, 8], "rank": [4, 16]}
+GPU_AXES = {"seqs_per_view": [4, 64, 256], "d_in,d_out": [(4864, 896), (2048, 8192), (4096, 14336)],
+            "experts": [2, 8, 16], "rank": [4, 16, 32]}
+
+
+def sweep(base: DpmoeShape, axes: dict, dtypes: list[torch.dtype]) -> list[tuple[DpmoeShape, torch.dtype]]:
+    """The base shape in every dtype, then each axis' other values in the first dtype."""
+    out = [(base, d) for d in dtypes]
+    for fields, values in axes.items():
+        for value in values:
+            names = fields.split(",")
+            vals = value if len(names) > 1 else (value,)
+            out.append((dataclasses.replace(base, **dict(zip(names, vals))), dtypes[0]))
+    return out
 
 
 def make_inputs(shape: DpmoeShape = CPU_SHAPE, device="cpu", dtype=torch.float32,
@@ -102,78 +120,108 @@ def reference_einsum(inp: dict) -> list[torch.Tensor]:
     return outs
 
 
-def providers(inp: dict, include_triton: bool | None = None) -> dict[str, Callable[[], object]]:
-    """name -> zero-argument callable. ``include_triton=None``: only for CUDA tensors where
-    Triton can run (under the CPU interpreter it is orders of magnitude slower)."""
-    device = inp["x"].device
+def peft_loop(inp: dict) -> torch.Tensor:
+    """Mixed-adapter batches the way PEFT's LoRA layer serves them
+    (``peft.tuners.lora.layer.Linear._mixed_batch_forward``), with one adapter per
+    (view, expert) and the gate as a per-row factor: the base output, then for each adapter
+    the rows that use it (their view, a non-zero gate) are gathered, run through A and B,
+    scaled, and added back into their rows."""
+    x, gates, lora_a, lora_b = inp["x"], inp["gates"], inp["lora_a"], inp["lora_b"]
+    y = F.linear(x, inp["weight"], inp["bias"])
+    lengths = (inp["cu_seqlens"][1:] - inp["cu_seqlens"][:-1]).long()
+    row_view = inp["seq_view"].repeat_interleave(lengths)
+    row_gate = gates.repeat_interleave(lengths, dim=0) * inp["scaling"]     # [M, E]
+    for v in range(lora_a.shape[0]):
+        in_view = row_view == v
+        for e in range(lora_a.shape[1]):
+            rows = (in_view & (row_gate[:, e] != 0)).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            sub = x.index_select(0, rows)
+            out = F.linear(F.linear(sub, lora_a[v, e]), lora_b[v, e])
+            y.index_add_(0, rows, out * row_gate.index_select(0, rows)[:, e:e + 1])
+    return y
+
+
+def providers(inps: list[dict], include_triton: bool | None = None) -> dict[str, Callable[[], object]]:
+    """name -> zero-argument callable; each provider rotates through the input sets ``inps``.
+    ``include_triton=None``: only for CUDA tensors where Triton can run (under the CPU
+    interpreter it is orders of magnitude slower)."""
+    device = inps[0]["x"].device
     if include_triton is None:
         include_triton = device.type == "cuda" and triton_unavailable_reason(device) is None
-    out: dict[str, Callable[[], object]] = {
-        "plain_linear": lambda: F.linear(inp["x"], inp["weight"], inp["bias"]),
-        "torch": lambda: dpmoe_linear(**inp, backend="torch", validate=False),
-        # the torch backend's sync-free path (what CUDA tensors and torch.compile get)
-        "torch_concat": lambda: dpmoe_linear_torch(**inp, split_views=False),
-        "reference_einsum": lambda: reference_einsum(inp),
+    fns: dict[str, Callable[[dict], object]] = {
+        "plain_linear": lambda i: F.linear(i["x"], i["weight"], i["bias"]),
+        "dpmoe_linear[torch]": lambda i: dpmoe_linear(**i, backend="torch", validate=False),
     }
+    if device.type == "cpu":  # on CUDA the torch backend already runs this path
+        fns["dpmoe_linear[torch_concat]"] = lambda i: dpmoe_linear_torch(**i, split_views=False)
     if include_triton:
-        out["triton"] = lambda: dpmoe_linear(**inp, backend="triton", validate=False)
-    return out
+        fns["dpmoe_linear[triton]"] = lambda i: dpmoe_linear(**i, backend="triton", validate=False)
+    fns["peft_loop"] = peft_loop
+    fns["reference_einsum"] = reference_einsum
+
+    def rotating(fn):
+        nxt = Rotation(inps)
+        return lambda: fn(nxt())
+
+    return {name: rotating(fn) for name, fn in fns.items()}
 
 
-def check_agreement(inp: dict, provs: dict) -> dict[str, float]:
-    """Relative error of each DPMoE provider against the reference formulation."""
-    with torch.no_grad():
+def check_agreement(inp: dict, names) -> dict[str, float]:
+    """Relative error of each provider (on one input set) against the reference formulation."""
+    fns = providers([inp])
+    with torch.inference_mode():
         want = torch.cat(reference_einsum(inp)).double()
-        errs = {}
-        for name in ("torch", "torch_concat", "triton"):
-            if name in provs:
-                got = provs[name]().double()
-                errs[name] = ((got - want).norm() / want.norm()).item()
-    return errs
+        return {name: ((fns[name]().double() - want).norm() / want.norm()).item()
+                for name in names if name not in ("plain_linear", "reference_einsum")}
+
+
+def run_case(cfg: RunConfig, shape: DpmoeShape, dtype: torch.dtype, emit, rotate: int = 0,
+             timing: dict | None = None) -> None:
+    inps = [make_inputs(shape, cfg.device, dtype, seed=s) for s in range(rotate or (2 if cfg.cuda else 3))]
+    provs = providers(inps)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for name, err in check_agreement(inps[0], provs).items():
+        if not err <= tol:
+            print(f"# WARNING dpmoe {name} {shape.label()} {dtype_name(dtype)}: relative error "
+                  f"{err:.2e} vs reference_einsum (tolerance {tol:g})", file=sys.stderr)
+    stats = interleaved(provs, cfg.device, flush_cache=True,
+                        **(timing or (cfg.timing(10, 2) if cfg.quick else cfg.timing(15, 3))))
+    for row in stats_rows("dpmoe", shape.label(), stats, reference="reference_einsum",
+                          floor="plain_linear", dtype=dtype, device=cfg.device,
+                          providers=provs if cfg.memory else None):
+        emit(row)
+
+
+def cases(cfg: RunConfig, emit) -> list[Case]:
+    """The dpmoe section: the base shape (quick), or a one-axis-at-a-time sweep around it."""
+    base, axes = (GPU_SHAPE, GPU_AXES) if cfg.cuda else (CPU_SHAPE, CPU_AXES)
+    todo = [(base, cfg.dtype)] if cfg.quick else sweep(base, axes, cfg.sweep_dtypes())
+    return [Case(f"dpmoe {s.label()} {dtype_name(d)}", lambda s=s, d=d: run_case(cfg, s, d, emit))
+            for s, d in todo]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--seqs-per-view", type=int, default=CPU_SHAPE.seqs_per_view)
-    ap.add_argument("--seq-len", type=int, default=CPU_SHAPE.seq_len)
-    ap.add_argument("--d-in", type=int, default=CPU_SHAPE.d_in)
-    ap.add_argument("--d-out", type=int, default=CPU_SHAPE.d_out)
+    for field in ("seqs_per_view", "seq_len", "d_in", "d_out", "experts", "rank"):
+        ap.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(CPU_SHAPE, field))
     ap.add_argument("--memory", action="store_true", help="also measure peak extra memory")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    shape = dataclasses.replace(CPU_SHAPE, seqs_per_view=args.seqs_per_view, seq_len=args.seq_len,
-                                d_in=args.d_in, d_out=args.d_out)
-    inp = make_inputs(shape, device, dtype)
-    provs = providers(inp)
-    print(f"# dpmoe_linear on {device_name(device)}, {args.dtype}, torch {torch.__version__}")
-    print(f"# shape: {shape.label()}")
+    shape = DpmoeShape(seqs_per_view=args.seqs_per_view, seq_len=args.seq_len, d_in=args.d_in,
+                       d_out=args.d_out, experts=args.experts, rank=args.rank)
+    cfg = RunConfig(torch.device(args.device), DTYPES[args.dtype], memory=args.memory)
+    rows: list[dict] = []
+    run_case(cfg, shape, cfg.dtype, rows.append, timing={"rounds": args.rounds, "warmup": args.warmup})
     print(f"# command: python {' '.join(sys.argv)}")
-    print("# relative error vs reference: " + ", ".join(
-        f"{k} {v:.2e}" for k, v in check_agreement(inp, provs).items()))
-    stats = interleaved(provs, device, rounds=args.rounds, warmup=args.warmup)
-    floor = stats["plain_linear"]["median"]
-    ref = stats["reference_einsum"]["median"]
-    print(f"{'provider':18s} {'median ms':>10s} {'p20':>8s} {'p80':>8s} {'x plain':>8s} "
-          f"{'ref/this':>8s}" + (f" {'peak MB':>8s}" if args.memory else ""))
-    for name, s in stats.items():
-        line = (f"{name:18s} {s['median']:10.2f} {s['p20']:8.2f} {s['p80']:8.2f} "
-                f"{s['median'] / floor:8.3f} {ref / s['median']:8.2f}")
-        if args.memory:
-            line += f" {peak_memory_mb(provs[name], device):8.1f}"
-        print(line)
-    t = stats["torch"]["median"]
-    print(f"# medians: torch/plain = {t / floor:.3f}   reference/torch = {ref / t:.2f}")
-    q = {k: stats[k]["p20"] for k in ("torch", "plain_linear", "reference_einsum")}
-    print(f"# p20s (less sensitive to other load): torch/plain = {q['torch'] / q['plain_linear']:.3f}"
-          f"   reference/torch = {q['reference_einsum'] / q['torch']:.2f}")
+    print(format_table(rows))
     return 0
 
 

@@ -1,19 +1,37 @@
-"""Model benchmark: L2Rec vs FusedL2Rec vs the plain frozen backbone, side by side.
+"""Model benchmark: L2Rec vs FusedL2Rec vs the plain frozen backbone vs a PEFT peer.
 
-All three see the same prompts; the plain backbone runs once over the same 2·B stacked
-sequences the fused model runs (its floor: the frozen GEMMs and attention with no
-personalisation). Inputs rotate between a few batches so caches don't flatter a provider.
+All providers see the same prompts and compute a whole forward (routing, backbone, fusion,
+catalogue scores), except the plain backbone, which runs once over the same 2·B stacked
+sequences the fused model runs: the floor (frozen GEMMs and attention, no experts).
+
+``PEFT_mixed_batch_top1`` is a real peer: the same experts served by ``peft``'s mixed
+adapter batch inference. Every (view, expert) pair is one LoRA adapter (A = A[v, e],
+B = B[v, e], scaling alpha/r) on a separate copy of the backbone; PEFT picks one adapter
+per sequence (``adapter_names``), so routing is top-1: the sequence of view v of a user
+uses that user's argmax expert of view v. It does less expert work than the dense-gated
+models (one expert per row, not E), which only flatters it. It runs the same 2·B stacked
+sequences in one backbone pass, then the same fusion and scoring heads.
+
+Inputs rotate between a few batches so caches don't flatter a provider.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
+from _report import Case, RunConfig, stats_rows
+from _timing import Rotation, interleaved
 
 from l2rec_kernels import FusedL2Rec, L2Rec, L2RecConfig
+from l2rec_kernels.models.base import gather_last
+from l2rec_kernels.models.config import NUM_VIEWS
 from l2rec_kernels.models.inputs import position_ids_from_mask
 from l2rec_kernels.models.tiny import synthetic_batch, tiny_backbone
+
+PEFT_PROVIDER = "PEFT_mixed_batch_top1"
 
 
 @dataclass
@@ -41,46 +59,133 @@ QWEN05_SHAPE = ModelShape("qwen2-0.5b", 896, 24, 14, 2, 4864, 151936, 256, rank=
 
 
 def build_models(shape: ModelShape, device: torch.device, dtype: torch.dtype,
-                 fused_backends: tuple[str, ...]):
+                 fused_backends: tuple[str, ...], peft: bool = False):
+    """(L2Rec, {backend: FusedL2Rec}, PEFT model or None). The PEFT model wraps a deep copy
+    of the backbone taken before L2Rec patches its linears, so the two never interfere."""
     arch = "qwen2" if shape.name.startswith("qwen2") else "llama"
     backbone = tiny_backbone(arch, hidden=shape.hidden, layers=shape.layers, heads=shape.heads,
                              kv_heads=shape.kv_heads, intermediate=shape.intermediate,
                              vocab=shape.vocab, max_positions=max(512, shape.seq_len),
                              dtype=dtype).to(device)
+    memo: dict[int, object] = {}
+    peft_backbone = copy.deepcopy(backbone, memo) if peft else None
     cfg = L2RecConfig(num_items=shape.num_items, num_experts=shape.num_experts, rank=shape.rank)
     ref = L2Rec(backbone, cfg).to(device)
     with torch.no_grad():  # random experts: a zero expert B would let a kernel skip work
         for experts in ref.experts.values():
             experts.lora_b.normal_(0, 0.02)
-    ref.validate_inputs = fused_validate = False  # time the models, not the input checks
+    ref.validate_inputs = False  # time the models, not the input checks
     fused = {b: FusedL2Rec.from_reference(ref, backend=b) for b in fused_backends}
     for f in fused.values():
-        f.validate_inputs = fused_validate
-    return ref, fused
+        f.validate_inputs = False
+    peft_model = None
+    if peft:
+        # the copy of each targeted linear -> its experts
+        copies = {memo[id(m)]: experts for m, experts in ref._targets.items()}
+        peft_model = build_peft_model(peft_backbone.base_model, copies, cfg)
+    return ref, fused, peft_model
+
+
+def adapter_name(view: int, expert: int) -> str:
+    return f"v{view}_e{expert}"
+
+
+def build_peft_model(inner: torch.nn.Module, copies: dict, cfg: L2RecConfig):
+    """PEFT LoRA on ``inner`` (the backbone's base model, no LM head), one adapter per
+    (view, expert), its A/B set to that expert of each targeted linear."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
+                      target_modules=list(cfg.target_modules))
+    names = [adapter_name(v, e) for v in range(NUM_VIEWS) for e in range(cfg.num_experts)]
+    with warnings.catch_warnings():  # deprecation notes between peft and transformers 5
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(inner, lora, adapter_name=names[0])
+        for name in names[1:]:
+            model.add_adapter(name, lora)
+    done = 0
+    with torch.no_grad():
+        for layer in model.modules():
+            if not isinstance(layer, LoraLayer):
+                continue
+            experts = copies[layer.get_base_layer()]
+            for v in range(NUM_VIEWS):
+                for e in range(cfg.num_experts):
+                    name = adapter_name(v, e)
+                    if abs(layer.scaling[name] - cfg.scaling) > 1e-12:
+                        raise RuntimeError(f"PEFT scaling {layer.scaling[name]} != {cfg.scaling}")
+                    layer.lora_A[name].weight.copy_(experts.lora_a[v, e])
+                    layer.lora_B[name].weight.copy_(experts.lora_b[v, e])
+            done += 1
+    if done != len(copies):
+        raise RuntimeError(f"PEFT adapted {done} linears, L2Rec {len(copies)}")
+    return model.eval()
+
+
+def peft_forward(ref: L2Rec, peft_model, batch: dict) -> torch.Tensor:
+    """Catalogue scores from the PEFT peer: top-1 expert per (user, view) from L2Rec's own
+    routers, both views' sequences stacked into one mixed-adapter batch, then L2Rec's
+    fusion and scoring heads."""
+    ids, mask, history = batch["input_ids"], batch["attention_mask"], batch["history_ids"]
+    users = ids.shape[0]
+    top1 = ref.gate_logits(history).argmax(-1).tolist()  # argmax of softmax(x/τ) = argmax x
+    names = [adapter_name(v, e) for v in range(NUM_VIEWS) for e in top1[v]]
+    ids2, mask2 = ids.repeat(NUM_VIEWS, 1), mask.repeat(NUM_VIEWS, 1).bool()
+    hidden = peft_model(input_ids=ids2, attention_mask=mask2.long(),
+                        position_ids=position_ids_from_mask(mask2), use_cache=False,
+                        adapter_names=names).last_hidden_state
+    last = gather_last(hidden, mask2)
+    return ref.score(ref.fusion(last[:users], last[users:]), None)
 
 
 def model_providers(shape: ModelShape, users: int, device: torch.device, dtype: torch.dtype,
-                    fused_backends: tuple[str, ...] = ("torch",), rotate: int = 2):
-    """{provider: zero-arg callable} for one batch size, plus (tokens, users) per call."""
-    ref, fused = build_models(shape, device, dtype, fused_backends)
+                    fused_backends: tuple[str, ...] = ("torch",), peft: bool = True, rotate: int = 2):
+    """({provider: zero-arg callable} for one batch size, tokens per call)."""
+    ref, fused, peft_model = build_models(shape, device, dtype, fused_backends, peft)
     batches = [synthetic_batch(users, shape.seq_len, 20, vocab=shape.vocab,
                                num_items=shape.num_items, ragged=False, seed=s, device=device)
                for s in range(rotate)]
     base = ref.backbone.base_model
-    state = {"i": 0}
 
-    def next_batch():
-        state["i"] = (state["i"] + 1) % rotate
-        return batches[state["i"]]
-
-    def plain():
-        b = next_batch()
+    def plain(b):
         ids, mask = b["input_ids"].repeat(2, 1), b["attention_mask"].repeat(2, 1)
         return base(input_ids=ids, attention_mask=mask,
                     position_ids=position_ids_from_mask(mask.bool()), use_cache=False)
 
-    providers = {"plain_backbone_2B": plain, "L2Rec": lambda: ref(**next_batch())}
+    def rotating(fn):  # each provider walks the same batches in the same order
+        nxt = Rotation(batches)
+        return lambda: fn(nxt())
+
+    providers = {"plain_backbone_2B": rotating(plain), "L2Rec": rotating(lambda b: ref(**b))}
     for name, model in fused.items():
-        providers[f"FusedL2Rec[{name}]"] = lambda model=model: model(**next_batch())
-    tokens = 2 * users * shape.seq_len
-    return providers, tokens
+        providers[f"FusedL2Rec[{name}]"] = rotating(lambda b, model=model: model(**b))
+    if peft_model is not None:
+        providers[PEFT_PROVIDER] = rotating(lambda b: peft_forward(ref, peft_model, b))
+    return providers, NUM_VIEWS * users * shape.seq_len
+
+
+def cases(cfg: RunConfig, emit, fused_backends: tuple[str, ...]) -> list[Case]:
+    """The model section: one case per batch size."""
+    if cfg.quick:
+        shape, user_counts = CPU_SHAPE, [8]
+    elif cfg.cuda:
+        shape, user_counts = QWEN05_SHAPE, [8, 16, 32, 64]
+    else:
+        shape, user_counts = CPU_SHAPE, [4, 8, 16]
+    timing = cfg.timing(3, 1) if cfg.quick else cfg.timing(10, 3)
+
+    def run(users: int) -> None:
+        providers, tokens = model_providers(shape, users, cfg.device, cfg.dtype, fused_backends)
+        stats = interleaved(providers, cfg.device, **timing)
+        per_s = lambda name, s: {"tokens_per_s": tokens / s["median"] * 1e3,
+                                 "users_per_s": users / s["median"] * 1e3}
+        for row in stats_rows("model", shape.label(users), stats, reference="L2Rec",
+                              floor="plain_backbone_2B", dtype=cfg.dtype, extra=per_s,
+                              providers=providers if cfg.memory else None, device=cfg.device):
+            emit(row)
+        del providers
+        if cfg.cuda:
+            torch.cuda.empty_cache()
+
+    return [Case(f"model {shape.label(u)}", lambda u=u: run(u)) for u in user_counts]

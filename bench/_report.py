@@ -1,0 +1,201 @@
+"""What every benchmark section shares: run settings, result rows, progress, table, CSV.
+
+A section (``model_bench.run``, ``kernel_dpmoe.run``, ``kernel_route.run``,
+``kernel_topk.run``) gets a ``RunConfig`` and an ``emit`` callback, builds its list of
+cases (one per shape), times each case's providers side by side with
+``_timing.interleaved`` and emits one row per provider through ``stats_rows``: median and
+p20/p80 ms, peak memory, the speedup over the case's reference provider and the ratio to
+its floor provider (the plain work with no personalisation), when it has one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from _timing import device_name, peak_memory_mb
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSV_FIELDS = ["bench", "provider", "shape", "dtype", "device", "median_ms", "p20_ms", "p80_ms",
+              "peak_mem_mb", "tokens_per_s", "users_per_s", "speedup_vs_reference",
+              "ratio_vs_floor", "torch", "triton", "git_sha", "date", "command"]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+Emit = Callable[[dict], None]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Settings every section reads. ``rounds``/``warmup`` 0 = the section's default."""
+
+    device: torch.device
+    dtype: torch.dtype
+    quick: bool = False
+    rounds: int = 0
+    warmup: int = 0
+    memory: bool = True
+    dtype_given: bool = False  # --dtype was given: sweep that dtype only
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def timing(self, rounds: int, warmup: int) -> dict:
+        """Keyword arguments for ``interleaved``: the user's --rounds, else the defaults."""
+        return {"rounds": self.rounds or rounds, "warmup": self.warmup or warmup}
+
+    def sweep_dtypes(self) -> list[torch.dtype]:
+        """The dtypes a full kernel sweep covers: the default dtype first."""
+        if self.quick or self.dtype_given:
+            return [self.dtype]
+        extra = [torch.float16, torch.float32] if self.cuda else [torch.bfloat16]
+        return [self.dtype] + [d for d in extra if d != self.dtype]
+
+
+def stats_rows(bench: str, shape: str, stats: dict[str, dict], *, reference: str,
+               floor: str | None = None, dtype: torch.dtype | None = None,
+               providers: dict[str, Callable[[], object]] | None = None,
+               device: torch.device | None = None, extra: Callable[[str, dict], dict] | None = None
+               ) -> list[dict]:
+    """One result row per provider of one case. ``providers``+``device``: measure peak memory
+    (one more call each); ``extra(name, stats)``: more columns (tokens/s, ...)."""
+    ref_ms = stats[reference]["median"]
+    floor_ms = stats[floor]["median"] if floor else None
+    rows = []
+    for name, s in stats.items():
+        row = {"bench": bench, "provider": name, "shape": shape, "median_ms": s["median"],
+               "p20_ms": s["p20"], "p80_ms": s["p80"],
+               "speedup_vs_reference": ref_ms / s["median"],
+               "ratio_vs_floor": s["median"] / floor_ms if floor_ms else ""}
+        if dtype is not None:
+            row["dtype"] = dtype_name(dtype)
+        if providers is not None:
+            row["peak_mem_mb"] = peak_memory_mb(providers[name], device)
+        if extra is not None:
+            row.update(extra(name, s))
+        rows.append(row)
+    return rows
+
+
+def progress(items: Iterable, desc: str, total: int | None = None) -> Iterator:
+    """tqdm on a terminal when it is installed; otherwise one stderr line per step."""
+    items = list(items)
+    total = len(items) if total is None else total
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(items, desc=desc, total=total, leave=False, file=sys.stderr)
+            for item in bar:
+                bar.set_postfix_str(getattr(item, "label", ""))
+                yield item
+            return
+        except ImportError:
+            pass
+    for i, item in enumerate(items, 1):
+        print(f"[{desc} {i}/{total}] {getattr(item, 'label', '')}", file=sys.stderr, flush=True)
+        yield item
+
+
+# ----------------------------------------------------------------------------- run metadata
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               text=True, capture_output=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return "absent"
+
+
+def run_meta(device: torch.device, dtype: torch.dtype) -> dict:
+    """The columns every row of one run shares."""
+    return {"dtype": dtype_name(dtype), "device": device_name(device), "torch": torch.__version__,
+            "triton": triton_version(), "git_sha": git_sha(),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python " + shlex.join(sys.argv)}
+
+
+# ----------------------------------------------------------------------------- output
+_COLUMNS = [("provider", "provider", "s"), ("shape", "shape", "s"), ("dtype", "dtype", "s"),
+            ("median_ms", "median ms", ".3f"), ("p20_ms", "p20", ".3f"), ("p80_ms", "p80", ".3f"),
+            ("peak_mem_mb", "peak MB", ".1f"), ("speedup_vs_reference", "x vs ref", ".2f"),
+            ("ratio_vs_floor", "x floor", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
+            ("users_per_s", "users/s", ".1f")]
+REFERENCE_NOTE = {
+    "model": "reference = L2Rec (two backbone passes); floor = plain_backbone_2B (no experts)",
+    "dpmoe": "reference = reference_einsum (iLoRA formulation); floor = plain_linear (F.linear)",
+    "route": "reference = torch_softmax_topk (plain torch); no floor",
+    "topk": "reference = mm_topk (torch.mm + torch.topk); floor = mm_only (the score GEMM alone)",
+}
+
+
+def _cell(value, fmt: str) -> str:
+    if value == "" or value is None:
+        return ""
+    return format(value, fmt) if isinstance(value, (int, float)) and fmt != "s" else str(value)
+
+
+def _format_bench(bench: str, sub: list[dict]) -> list[str]:
+    cols = [c for c in _COLUMNS if any(r.get(c[0], "") != "" for r in sub)]
+    cells = [[_cell(r.get(key, ""), fmt) for key, _, fmt in cols] for r in sub]
+    widths = [max(len(head), *(len(c[i]) for c in cells)) for i, (_, head, _) in enumerate(cols)]
+
+    def line(vals: list[str]) -> str:
+        return "  ".join(v.ljust(w) if key in ("provider", "shape", "dtype") else v.rjust(w)
+                         for v, w, (key, _, _) in zip(vals, widths, cols))
+
+    out = [f"== {bench}: {REFERENCE_NOTE.get(bench, '')}", line([h for _, h, _ in cols]),
+           "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    prev = None
+    for r, c in zip(sub, cells):
+        if prev is not None and (r["shape"], r.get("dtype")) != prev:
+            out.append("")  # a blank line between shapes
+        prev = (r["shape"], r.get("dtype"))
+        out.append(line(c))
+    return [*out, ""]
+
+
+def format_table(rows: list[dict]) -> str:
+    """A table per bench: 'x vs ref' = reference median / this median (higher is faster),
+    'x floor' = this median / floor median (1.0 = as fast as the plain work)."""
+    out: list[str] = []
+    for bench in dict.fromkeys(r["bench"] for r in rows):
+        out += _format_bench(bench, [r for r in rows if r["bench"] == bench])
+    return "\n".join(out)
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+@dataclasses.dataclass
+class Case:
+    """One measurement of a section (a shape): ``run()`` times its providers and emits rows."""
+
+    label: str
+    run: Callable[[], None]
