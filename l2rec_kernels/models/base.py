@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._validation import check_int, check_range
+from ..ops.topk_items import check_exclude
 from . import adapters
 from .config import NUM_VIEWS, L2RecConfig
 from .encoders import SASRecEncoder, last_true_index, semantic_summary
@@ -172,13 +172,9 @@ class L2RecBase(nn.Module):
             raise ValueError(f"k must be an int in [1, num_items={self.num_items}], got {k!r}")
         if not isinstance(exclude_history, bool):
             raise TypeError(f"exclude_history must be a bool, got {type(exclude_history).__name__}")
-        if exclude_ids is not None:
-            check_int("exclude_ids", exclude_ids, ndim=2, device=history_ids.device)
-            if exclude_ids.shape[0] != history_ids.shape[0]:
-                raise ValueError(f"exclude_ids must have one row per user ({history_ids.shape[0]}), "
-                                 f"got shape {tuple(exclude_ids.shape)}")
-            if exclude_ids.device.type == "cpu":  # free on the host; a sync on a GPU
-                check_range("exclude_ids", exclude_ids, -1, self.num_items)
+        if exclude_ids is not None:  # item ids 0..num_items: the table's num_items + 1 rows
+            check_exclude("exclude_ids", exclude_ids, rows=history_ids.shape[0], row_name="user",
+                          num_items=self.num_items + 1, device=history_ids.device)
 
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask, history_ids, k: int = 10,

@@ -200,8 +200,11 @@ class FusedL2Rec(L2RecBase):
         table = self.item_table()
         query = (z / self.scorer.temperature).to(table.dtype)
         pad = torch.zeros(z.shape[0], 1, dtype=torch.long, device=z.device)  # the padding item
-        parts = [pad] + ([history_ids.long()] if exclude_history else [])
-        parts += [] if exclude_ids is None else [exclude_ids.long()]
+        parts = [pad]
+        if exclude_history:
+            parts.append(history_ids.long())
+        if exclude_ids is not None:
+            parts.append(exclude_ids.long())
         exclude = torch.cat(parts, dim=1)
         scores, ids = topk_items(query, table, k, exclude=exclude,
                                  backend=_op_backends(self._backend)["topk"])

@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
-from triton.runtime.jit import JITFunction
+
+from ._triton_util import interpreted
 
 OP_NAME = "l2rec::dpmoe_linear"
 
@@ -166,10 +167,9 @@ def _dpmoe_base_expand_kernel(
              mask=row_ok[:, None] & col_ok[None, :])
 
 
-# Compiled triton gives JITFunctions, which wrap_triton can capture into a graph. Under
-# TRITON_INTERPRET=1 @triton.jit gives InterpretedFunctions, which it cannot (torch 2.13
-# passes them through, older torch raises), so those are launched directly.
-_CAPTURABLE = isinstance(_dpmoe_shrink_kernel, JITFunction)
+# Interpreted kernels cannot be captured by wrap_triton (torch 2.13 passes them through,
+# older torch raises), so those are launched directly (see _triton_util).
+_CAPTURABLE = not interpreted(_dpmoe_shrink_kernel)
 
 
 def _launchable(kernel):

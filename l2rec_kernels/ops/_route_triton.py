@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._triton_util import interpreted
+
 # Largest expert count one program holds in registers (BLOCK_E = next pow2 of E); routers
 # have a handful of experts, so this only guards against misuse.
 MAX_EXPERTS = 8192
@@ -82,19 +84,9 @@ def _route_into(logits: torch.Tensor, top_k: int, temperature: float, launch) ->
     return out
 
 
-def _interpreted(kernel) -> bool:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:
-        return False
-    return isinstance(kernel, InterpretedFunction)
-
-
-# Under TRITON_INTERPRET=1 the kernel is an InterpretedFunction, which wrap_triton hands
-# back untraced: fake tensors (opcheck, torch.compile) would then reach the interpreter
-# and fail. So there the launch sits in an opaque custom op with its own fake; on a GPU
-# the launch is traced by wrap_triton, so Inductor sees the kernel itself.
-INTERPRETED = _interpreted(_route_kernel)
+# Under the interpreter the launch sits in an opaque custom op with its own fake; with
+# compiled triton wrap_triton traces it, so Inductor sees the kernel (see _triton_util).
+INTERPRETED = interpreted(_route_kernel)
 
 if INTERPRETED:
 

@@ -46,6 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._triton_util import interpreted
+
 MAX_K = 2048  # K keys per query live in registers next to a [BLOCK_B, ≥K] tile
 MAX_ITEMS = 2**31 - 2  # ids must fit the key's low 31 bits with room for the sentinel
 _LOW_MASK = 0xFFFFFFFF
@@ -227,19 +229,9 @@ def _partials_into(query, item_emb, exclude, k: int, tiles_per_slice: int, launc
     return partial
 
 
-def _interpreted(kernel) -> bool:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:
-        return False
-    return isinstance(kernel, InterpretedFunction)
-
-
-# Under TRITON_INTERPRET=1 the kernel is an InterpretedFunction, which wrap_triton hands
-# back untraced: fake tensors (opcheck, torch.compile) would then reach the interpreter
-# and fail. So there the launch sits in an opaque custom op with its own fake; on a GPU
-# the launch is traced by wrap_triton, so Inductor sees the kernel itself.
-INTERPRETED = _interpreted(_topk_slice_kernel)
+# Under the interpreter the launch sits in an opaque custom op with its own fake; with
+# compiled triton wrap_triton traces it, so Inductor sees the kernel (see _triton_util).
+INTERPRETED = interpreted(_topk_slice_kernel)
 
 if INTERPRETED:
 

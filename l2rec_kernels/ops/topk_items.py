@@ -63,12 +63,21 @@ def check_topk_inputs(query, item_emb, k, exclude) -> None:
     if not 1 <= k <= num_items:
         raise ValueError(f"k must be in [1, N={num_items}] (N = item_emb.shape[0]), got {k}")
     if exclude is not None:
-        check_int("exclude", exclude, ndim=2, device=query.device)
-        if exclude.shape[0] != query.shape[0]:
-            raise ValueError(f"exclude must have shape [B={query.shape[0]}, X] (one row per query), "
-                             f"got {list(exclude.shape)}")
-        if exclude.device.type == "cpu" and not torch.compiler.is_compiling():
-            check_range("exclude", exclude, -1, num_items - 1)
+        check_exclude("exclude", exclude, rows=query.shape[0], row_name="query",
+                      num_items=num_items, device=query.device)
+
+
+def check_exclude(name: str, exclude, *, rows: int, row_name: str, num_items: int,
+                  device: torch.device) -> None:
+    """An exclusion list: an integer [rows, X] tensor on ``device`` of item rows in
+    [-1, num_items - 1] (-1 = padding). The range is checked only for CPU tensors in eager
+    mode: on CUDA it would cost a host sync, under torch.compile a graph break."""
+    check_int(name, exclude, ndim=2, device=device)
+    if exclude.shape[0] != rows:
+        raise ValueError(f"{name} must have shape [B={rows}, X] (one row per {row_name}), "
+                         f"got {list(exclude.shape)}")
+    if exclude.device.type == "cpu" and not torch.compiler.is_compiling():
+        check_range(name, exclude, -1, num_items - 1)
 
 
 @torch.no_grad()
