@@ -140,7 +140,8 @@ def peft_forward(ref: L2Rec, peft_model, batch: dict) -> torch.Tensor:
 
 
 def model_providers(shape: ModelShape, users: int, device: torch.device, dtype: torch.dtype,
-                    fused_backends: tuple[str, ...] = ("torch",), peft: bool = True, rotate: int = 2):
+                    fused_backends: tuple[str, ...] = ("torch",), peft: bool = True, rotate: int = 2,
+                    no_shortcuts: bool = True):
     """({provider: zero-arg callable} for one batch size, tokens per call)."""
     ref, fused, peft_model = build_models(shape, device, dtype, fused_backends, peft)
     batches = [synthetic_batch(users, shape.seq_len, 20, vocab=shape.vocab,
@@ -160,6 +161,13 @@ def model_providers(shape: ModelShape, users: int, device: torch.device, dtype: 
     providers = {"plain_backbone_2B": rotating(plain), "L2Rec": rotating(lambda b: ref(**b))}
     for name, model in fused.items():
         providers[f"FusedL2Rec[{name}]"] = rotating(lambda b, model=model: model(**b))
+    if no_shortcuts and fused:
+        # The same fused model with layer_shortcuts = False (every layer run whole, as in
+        # the plain backbone): shows what the shortcuts are worth on their own.
+        name = next(iter(fused))
+        full = FusedL2Rec.from_reference(ref, backend=name)
+        full.validate_inputs, full.layer_shortcuts = False, False
+        providers[f"FusedL2Rec[{name},no_shortcuts]"] = rotating(lambda b: full(**b))
     if peft_model is not None:
         providers[PEFT_PROVIDER] = rotating(lambda b: peft_forward(ref, peft_model, b))
     return providers, NUM_VIEWS * users * shape.seq_len

@@ -53,6 +53,10 @@ class RoutingContext:
     def linear(self, module: nn.Linear, experts: DPMoEExperts, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def layer_plan(self, layer: nn.Module):
+        """How a shimmed decoder layer should run under this context (None: as usual)."""
+        return None
+
 
 _ACTIVE: contextvars.ContextVar[tuple[RoutingContext, ...]] = contextvars.ContextVar(
     "l2rec_routing_context", default=()
@@ -76,6 +80,15 @@ def _shim_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         if experts is not None:
             return ctx.linear(self, experts, x)
     return F.linear(x, self.weight, self.bias)
+
+
+def active_layer_plan(layer: nn.Module):
+    """The innermost active context's plan for decoder ``layer``, or None."""
+    for ctx in reversed(_ACTIVE.get()):
+        plan = ctx.layer_plan(layer)
+        if plan is not None:
+            return plan
+    return None
 
 
 def find_target_linears(backbone: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Linear]:
@@ -102,16 +115,17 @@ def expert_key(module_name: str) -> str:
     return module_name.replace(".", "__")
 
 
-def install(module: nn.Linear) -> None:
-    """Put the shim on ``module`` (idempotent, reference-counted)."""
+def install(module: nn.Module, shim=_shim_forward) -> None:
+    """Put ``shim`` (by default the linear shim) on ``module`` as its forward (idempotent,
+    reference-counted: every owner installs, the last ``uninstall`` removes it)."""
     count = getattr(module, "_l2rec_shim_count", 0)
     if count == 0:
-        module.forward = types.MethodType(_shim_forward, module)
+        module.forward = types.MethodType(shim, module)
     module._l2rec_shim_count = count + 1
 
 
-def uninstall(module: nn.Linear) -> None:
-    """Drop one reference to the shim; the last one restores ``nn.Linear.forward``."""
+def uninstall(module: nn.Module) -> None:
+    """Drop one reference to the shim; the last one restores the class's forward."""
     count = getattr(module, "_l2rec_shim_count", 0)
     if count <= 1:
         module.__dict__.pop("forward", None)

@@ -4,6 +4,10 @@
   runs **once**: every frozen weight is read once per layer instead of twice.
 * Every targeted linear calls ``dpmoe_linear``: one grouped kernel over the shared frozen
   weight, with each sequence's view and gate, and no [rows, E, d_out] tensor.
+* Work the plain forward does but L2Rec never reads, or does twice, is skipped
+  (``layer_shortcuts``): the last decoder layer runs its query, output and MLP projections
+  for the one row per sequence the model reads, and the first layer's q/k/v base GEMMs run
+  once for both views' identical rows. ``layer_shortcuts = False`` turns both off.
 * Both views' gates come from a single ``route`` call; the per-batch bookkeeping
   (positions, last rows, sequence offsets) from a single ``batch_metadata`` call.
 * ``recommend`` never builds the [B, N] score matrix: the item table e_i is computed once
@@ -21,13 +25,14 @@ inference; ``dpmoe_linear`` and ``route`` raise a clear error if asked for gradi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .._backend import BACKENDS
+from .._backend import BACKENDS, resolve_backend_traceable
 from ..ops.batch_metadata import batch_metadata
-from ..ops.dpmoe_linear import dpmoe_linear
+from ..ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch
 from ..ops.route import route
 from ..ops.topk_items import topk_items
-from . import adapters
+from . import adapters, layer_shortcuts
 from .base import L2RecBase
 from .config import NUM_VIEWS, L2RecConfig
 
@@ -54,14 +59,30 @@ class FusedContext(adapters.RoutingContext):
         super().__init__(experts)
         self.gates, self.seq_view, self.cu_seqlens = gates, seq_view, cu_seqlens
         self.scaling, self.backend = scaling, backend
+        self.layer_plans: dict = {}
+        # module -> rows of one copy, for linears whose input is that block of rows repeated
+        # (on the torch backend only: the triton kernel fuses the base GEMM with the experts)
+        self.repeated_input: dict = {}
+
+    def for_rows(self, cu_seqlens) -> FusedContext:
+        """The same routing over other rows of the same sequences (``cu_seqlens``)."""
+        return FusedContext(self.experts, self.gates, self.seq_view, cu_seqlens,
+                            self.scaling, self.backend)
+
+    def layer_plan(self, layer):
+        return self.layer_plans.get(layer)
 
     def linear(self, module, experts, x):
         lead = x.shape[:-1]
-        y = dpmoe_linear(
-            x.reshape(-1, x.shape[-1]), module.weight, module.bias,
-            experts.lora_a.to(x.dtype), experts.lora_b.to(x.dtype),
-            self.gates.to(x.dtype), self.seq_view, self.cu_seqlens, self.scaling,
-            backend=self.backend, validate=False)  # metadata built by us, checked in tests
+        rows = x.reshape(-1, x.shape[-1])
+        args = (module.weight, module.bias, experts.lora_a.to(x.dtype), experts.lora_b.to(x.dtype),
+                self.gates.to(x.dtype), self.seq_view, self.cu_seqlens, self.scaling)
+        block = self.repeated_input.get(module)
+        if block is not None:  # one base GEMM for the block, copied once per repeat
+            base = F.linear(rows[:block], module.weight, module.bias)
+            y = dpmoe_linear_torch(rows, *args, base=base.repeat(rows.shape[0] // block, 1))
+        else:  # metadata built by us (checked in tests): no value checks
+            y = dpmoe_linear(rows, *args, backend=self.backend, validate=False)
         return y.view(*lead, y.shape[-1])
 
 
@@ -79,7 +100,17 @@ class FusedL2Rec(L2RecBase):
         super().__init__(backbone, config, share_from=share_from)
         self.backend = backend
         self.packing = packing
+        self.layer_shortcuts = True
         self._item_cache: tuple[tuple, torch.Tensor] | None = None
+        # Plain attributes (object.__setattr__): Modules assigned normally would be
+        # registered as submodules and add backbone keys to state_dict().
+        object.__setattr__(self, "_last_layer", None)
+        object.__setattr__(self, "_first_qkv", ())
+        if layer_shortcuts.unsupported_reason(backbone) is None:
+            object.__setattr__(self, "_last_layer", layer_shortcuts.last_decoder_layer(backbone))
+            object.__setattr__(self, "_first_qkv", tuple(
+                m for m in layer_shortcuts.first_layer_input_projections(backbone) if m in self._targets))
+            adapters.install(self._last_layer, layer_shortcuts.layer_shim)
 
     @classmethod
     def from_reference(cls, ref: L2RecBase, backend: str = "auto",
@@ -110,6 +141,43 @@ class FusedL2Rec(L2RecBase):
             raise ValueError(f"packing must be one of {PACKING_MODES}, got {value!r}")
         self._packing = value
 
+    @property
+    def layer_shortcuts(self) -> bool:
+        """Skip the work L2Rec never reads or would do twice (``models/layer_shortcuts.py``):
+        the last layer for the last rows only, the first layer's q/k/v base GEMMs once for
+        both views. Default True; ``shortcuts_for`` says which apply."""
+        return self._layer_shortcuts
+
+    @layer_shortcuts.setter
+    def layer_shortcuts(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"layer_shortcuts must be a bool, got {type(value).__name__}")
+        self._layer_shortcuts = value
+
+    def shortcuts_for(self, seq_len: int | None = None, device: str = "cpu") -> tuple[str, ...]:
+        """Which shortcuts a forward over ``seq_len``-token prompts on ``device`` takes:
+        ``"last_rows"`` (the last layer for the last rows only) and ``"shared_first_qkv"``
+        (the torch backend only). Empty when ``layer_shortcuts`` is off or the backbone does
+        not qualify (``layer_shortcuts.unsupported_reason`` says why)."""
+        if not self._layer_shortcuts or self._last_layer is None:
+            return ()
+        taken = []
+        if layer_shortcuts.unsupported_reason(self.backbone, seq_len) is None:
+            taken.append("last_rows")
+        dpmoe = _op_backends(self._backend)["dpmoe"]
+        if dpmoe == "auto":  # "auto" never raises; an explicit backend is taken as named
+            dpmoe = resolve_backend_traceable(dpmoe, device, "dpmoe_linear", ("triton", "torch"))
+        if dpmoe == "torch" and self._first_qkv:
+            taken.append("shared_first_qkv")
+        return tuple(taken)
+
+    def remove_adapters(self) -> None:
+        if self._last_layer is not None:
+            adapters.uninstall(self._last_layer)
+            object.__setattr__(self, "_last_layer", None)
+            object.__setattr__(self, "_first_qkv", ())
+        super().remove_adapters()
+
     def uses_packing(self) -> bool:
         """Whether a forward sends packed (unpadded) sequences to the attention."""
         if self._packing != "auto":
@@ -127,32 +195,48 @@ class FusedL2Rec(L2RecBase):
 
     def _dual_hidden(self, input_ids, mask, gates):
         batch, seq = input_ids.shape
+        seqs, device = NUM_VIEWS * batch, input_ids.device
         backends = _op_backends(self._backend)
         meta = batch_metadata(mask, num_views=NUM_VIEWS, backend=backends["metadata"])
         stacked_ids = input_ids.repeat(NUM_VIEWS, 1)                  # view-major: [2B, T]
         positions = meta.position_ids.repeat(NUM_VIEWS, 1)
-        flat_gates = gates.reshape(NUM_VIEWS * batch, -1)
+        packed = self.uses_packing()
+        if packed:  # sequence s owns packed rows cu_seqlens[s] .. cu_seqlens[s+1]-1
+            cu = meta.cu_seqlens
+        else:       # ... or padded rows s·T .. s·T+T-1
+            cu = torch.arange(0, (seqs + 1) * seq, seq, dtype=torch.int32, device=device)
+        ctx = FusedContext(self._targets, gates.reshape(seqs, -1), meta.seq_view, cu,
+                           self.config.scaling, backends["dpmoe"])
+        shortcuts = self.shortcuts_for(seq, device.type)
+        if "shared_first_qkv" in shortcuts and (not packed or device.type == "cpu"):
+            # both views' first-layer input is view 0's rows twice (reading cu_seqlens[B]
+            # is a host sync on a GPU, so packed input shares only on the CPU)
+            block = batch * seq if not packed else int(cu[batch])
+            ctx.repeated_input = dict.fromkeys(self._first_qkv, block)
+        prune = "last_rows" in shortcuts
+        if prune:  # the last layer's output is then already one row per sequence
+            one_row_each = ctx.for_rows(torch.arange(seqs + 1, dtype=torch.int32, device=device))
+            plan = (layer_shortcuts.LastRowsPlan.packed(cu, meta.packed_last_row, seq, one_row_each)
+                    if packed else
+                    layer_shortcuts.LastRowsPlan.padded(mask, meta.last_index, NUM_VIEWS, one_row_each))
+            ctx.layer_plans[self._last_layer] = plan
         base = self.backbone.base_model
-        if self.uses_packing():
-            # One row of all attended tokens; positions restart per sequence, which is how
-            # Hugging Face attention finds the sequence boundaries of packed input.
-            keep = mask.repeat(NUM_VIEWS, 1)
-            ctx = FusedContext(self._targets, flat_gates, meta.seq_view, meta.cu_seqlens,
-                               self.config.scaling, backends["dpmoe"])
-            with adapters.activate(ctx):
+        with adapters.activate(ctx):
+            if packed:
+                # One row of all attended tokens; positions restart per sequence, which is
+                # how Hugging Face attention finds the sequence boundaries of packed input.
+                keep = mask.repeat(NUM_VIEWS, 1)
                 hidden = base(input_ids=stacked_ids[keep][None], position_ids=positions[keep][None],
                               use_cache=False).last_hidden_state[0]
-            last = hidden[meta.packed_last_row]
-        else:
-            cu = torch.arange(0, (NUM_VIEWS * batch + 1) * seq, seq, dtype=torch.int32,
-                              device=input_ids.device)
-            ctx = FusedContext(self._targets, flat_gates, meta.seq_view, cu,
-                               self.config.scaling, backends["dpmoe"])
-            with adapters.activate(ctx):
+            else:
                 hidden = base(input_ids=stacked_ids, attention_mask=mask.long().repeat(NUM_VIEWS, 1),
                               position_ids=positions, use_cache=False).last_hidden_state
-            rows = torch.arange(NUM_VIEWS * batch, device=hidden.device)
-            last = hidden[rows, meta.last_index.repeat(NUM_VIEWS)]
+        if prune:
+            last = hidden.reshape(seqs, -1)
+        elif packed:
+            last = hidden[meta.packed_last_row]
+        else:
+            last = hidden[torch.arange(seqs, device=device), meta.last_index.repeat(NUM_VIEWS)]
         return last[:batch], last[batch:]
 
     # ----------------------------------------------------------------- recommendation

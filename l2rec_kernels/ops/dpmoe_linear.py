@@ -78,7 +78,8 @@ MIN_ROWS_PER_RUN = 128
 
 
 def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
-                       scaling: float, *, split_views: bool | None = None) -> torch.Tensor:
+                       scaling: float, *, split_views: bool | None = None,
+                       base: torch.Tensor | None = None) -> torch.Tensor:
     """The torch path (inputs already validated). Never builds [rows, E, d_out]; every op is
     differentiable; the output is the base GEMM's contiguous buffer.
 
@@ -97,8 +98,12 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
 
     ``split_views``: None = per-view runs when the tensors are on the CPU, not under
     torch.compile, and runs average >= MIN_ROWS_PER_RUN rows; True/False force (tests).
+
+    ``base``: ``x Wᵀ + b`` already computed by the caller (a contiguous [M, d_out] tensor,
+    which receives the experts in place and is returned); FusedL2Rec passes it when x's
+    rows are one block repeated, so the base GEMM runs on one copy only.
     """
-    y = F.linear(x, weight, bias)
+    y = F.linear(x, weight, bias) if base is None else base
     if x.shape[0] == 0:
         return y
     V, E, R, d_in = lora_a.shape

@@ -1,0 +1,184 @@
+"""Two shortcuts the stacked 2·B batch allows in a Llama-family backbone: work the full
+forward does whose result FusedL2Rec never uses, or computes twice.
+
+**1. The last layer, for the last rows only.** L2Rec reads one hidden state per sequence:
+the one at its last attended position, after the final norm. In the *last* decoder layer
+every other position's output is thrown away, and a position's output depends on the other
+positions only through their keys and values. So for that layer, with ``l`` the last row of
+a sequence:
+
+    x        = input_norm(h)                      all rows (the keys and values need them)
+    k, v     = rope(x W_kᵀ), x W_vᵀ               all rows
+    q        = rope(x[l] W_qᵀ)                    one row per sequence
+    a        = softmax(q kᵀ · scale + mask) v     row l attends to its sequence's attended
+                                                  positions up to l (causal + padding mask)
+    h'       = h[l] + a W_oᵀ
+    out      = h' + mlp(post_norm(h'))            one row per sequence
+
+where every targeted projection is still its DPMoE linear (the active routing context
+answers for it, with one row per sequence). The query, output and MLP projections, most of
+a layer's FLOPs, run for one row per sequence instead of T: at T = 96 and 4 layers, about a
+fifth of the backbone's work. The output equals the full layer's at those rows up to
+floating-point rounding (the attention is one ``scaled_dot_product_attention`` call here,
+whatever kernel the backbone's own attention uses).
+
+**2. The first layer's q/k/v base GEMMs, once for both views.** Both views run the same
+prompt, so the first layer's input ``input_norm(embed(ids))`` is the same block of rows
+twice; ``x Wᵀ + b`` of its q/k/v projections is computed on one copy and repeated (the
+experts, which differ by view, are added to each copy as usual).
+
+Supported: the decoder layers of the model types in ``SUPPORTED_MODEL_TYPES`` (standard
+pre-norm attention + MLP with rotary positions), on transformers >= 4.54 (where a decoder
+layer returns its hidden states as a tensor), and for (1) not under a sliding window
+narrower than the prompt. ``unsupported_reason`` says why a backbone does not qualify; then
+every layer runs whole, as in the plain model.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import adapters
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+MIN_TRANSFORMERS = (4, 54)
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = re.match(r"(\d+)\.(\d+)", transformers.__version__).groups()
+    return int(major), int(minor)
+
+
+def last_decoder_layer(backbone: nn.Module) -> nn.Module | None:
+    layers = getattr(backbone.base_model, "layers", None)
+    if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+        return layers[-1]
+    return None
+
+
+def first_layer_input_projections(backbone: nn.Module) -> tuple[nn.Linear, ...]:
+    """The projections that read the first layer's normed input (repeated across views)."""
+    attn = backbone.base_model.layers[0].self_attn
+    return tuple(getattr(attn, p) for p in ("q_proj", "k_proj", "v_proj"))
+
+
+def unsupported_reason(backbone: nn.Module, seq_len: int | None = None) -> str | None:
+    """Why the last layer of ``backbone`` cannot run for the last rows only (None: it can).
+    With ``seq_len``, also checks that no sliding window cuts a prompt of that length."""
+    if _transformers_version() < MIN_TRANSFORMERS:
+        return f"transformers < {'.'.join(map(str, MIN_TRANSFORMERS))}"
+    model_type = getattr(backbone.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {model_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
+    layer = last_decoder_layer(backbone)
+    attn = getattr(layer, "self_attn", None)
+    if attn is None or not all(isinstance(getattr(attn, p, None), nn.Linear) for p in _PROJECTIONS) \
+            or not all(hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm", "mlp")):
+        return "the last decoder layer is not a standard pre-norm attention + MLP layer"
+    if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
+        return "the attention normalises queries/keys"
+    window = getattr(attn, "sliding_window", None)
+    if window is None and model_type == "mistral":
+        window = getattr(backbone.config, "sliding_window", None)
+    if window is not None and seq_len is not None and seq_len > window:
+        return f"a sliding window of {window} is narrower than the prompt ({seq_len} tokens)"
+    return None
+
+
+class LastRowsPlan:
+    """One forward's instructions for the last layer (built per call, so two threads never
+    share one). ``rows`` [S] are the last rows of the S sequences in the layer input
+    flattened to [N, hidden]; ``key_index`` [S, Tk] (packed input only; None when padded,
+    where sequence s owns rows s·T .. s·T+T-1) the rows of each sequence's keys;
+    ``key_valid`` [S, Tk] which of those the last row attends to; ``row_context`` routes
+    the projections that see one row per sequence."""
+
+    def __init__(self, rows: torch.Tensor, key_index: torch.Tensor | None,
+                 key_valid: torch.Tensor, row_context: adapters.RoutingContext) -> None:
+        self.rows, self.key_index, self.key_valid = rows, key_index, key_valid
+        self.row_context = row_context
+
+    @classmethod
+    def padded(cls, mask: torch.Tensor, last_index: torch.Tensor, num_views: int,
+               row_context: adapters.RoutingContext) -> LastRowsPlan:
+        """Sequences s = v·B + b are rows of a [num_views·B, T] batch with mask ``mask[b]``."""
+        users, tokens = mask.shape
+        last = last_index.repeat(num_views)
+        seqs = torch.arange(num_views * users, device=mask.device)
+        positions = torch.arange(tokens, device=mask.device)
+        valid = mask.repeat(num_views, 1) & (positions <= last[:, None])
+        return cls(seqs * tokens + last, None, valid, row_context)
+
+    @classmethod
+    def packed(cls, cu_seqlens: torch.Tensor, last_row: torch.Tensor, width: int,
+               row_context: adapters.RoutingContext) -> LastRowsPlan:
+        """Sequence s owns packed rows cu_seqlens[s] .. cu_seqlens[s+1]-1 (at most ``width``),
+        all attended."""
+        starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        offsets = torch.arange(width, device=cu_seqlens.device)
+        valid = offsets < lengths[:, None]
+        index = torch.where(valid, starts[:, None] + offsets, 0)  # row 0 exists: it is masked
+        return cls(last_row.long(), index, valid, row_context)
+
+    def run(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor,
+            sin: torch.Tensor) -> torch.Tensor:
+        """The last layer's output at the last rows: [S, 1, hidden] for padded input,
+        [1, S, hidden] for packed, so the backbone's final norm applies as usual."""
+        attn = layer.self_attn
+        head_dim = attn.head_dim
+        width = hidden.shape[-1]
+        flat = hidden.reshape(-1, width)
+        seqs = self.rows.shape[0]
+        cos = cos.expand(*hidden.shape[:2], -1).reshape(-1, 1, head_dim)
+        sin = sin.expand(*hidden.shape[:2], -1).reshape(-1, 1, head_dim)
+
+        x = layer.input_layernorm(hidden)              # keys and values: every row
+        keys = _rope(attn.k_proj(x).reshape(flat.shape[0], -1, head_dim), cos, sin)
+        values = attn.v_proj(x).reshape(flat.shape[0], -1, head_dim)
+        if self.key_index is None:                      # padded: [S, T, kv_heads, head_dim]
+            keys, values = keys.view(seqs, -1, *keys.shape[1:]), values.view(seqs, -1, *values.shape[1:])
+        else:
+            keys, values = keys[self.key_index], values[self.key_index]
+        kv_heads = keys.shape[2]
+
+        with adapters.activate(self.row_context):       # one row per sequence from here on
+            query = attn.q_proj(x.reshape(-1, width)[self.rows]).view(seqs, -1, head_dim)
+            query = _rope(query, cos[self.rows], sin[self.rows])
+            # Grouped-query attention: the query heads sharing a kv head (head h uses kv head
+            # h // group, as transformers' repeat_kv does) are that kv head's queries; there
+            # is no causal mask between them, so no kv head is ever copied.
+            query = query.view(seqs, kv_heads, -1, head_dim)
+            mixed = F.scaled_dot_product_attention(
+                query, keys.transpose(1, 2), values.transpose(1, 2),
+                attn_mask=self.key_valid[:, None, None, :], scale=attn.scaling)
+            out = flat[self.rows] + attn.o_proj(mixed.reshape(seqs, -1))
+            out = out + layer.mlp(layer.post_attention_layernorm(out))
+        return out[:, None] if self.key_index is None else out[None]
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, the Llama convention (rotate the two halves): x·cos + rot(x)·sin."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def layer_shim(self: nn.Module, hidden_states: torch.Tensor, *args, **kwargs):
+    """A decoder layer's forward: the active context's plan if it has one for this layer,
+    else the layer's own forward (so the backbone stays a plain model)."""
+    plan = adapters.active_layer_plan(self)
+    if plan is None:
+        return type(self).forward(self, hidden_states, *args, **kwargs)
+    embeddings = kwargs.get("position_embeddings")
+    if embeddings is None:  # every supported model passes them; guard against a change
+        raise RuntimeError(
+            f"{type(self).__name__} was called without position_embeddings; this transformers "
+            "version is not supported for last-row pruning: set model.layer_shortcuts = False")
+    return plan.run(self, hidden_states, *embeddings)

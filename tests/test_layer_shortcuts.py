@@ -1,0 +1,155 @@
+"""FusedL2Rec's layer shortcuts (models/layer_shortcuts.py): the last layer run for the
+last rows only, the first layer's q/k/v base GEMMs shared by both views.
+
+With them the model must give the same answer as without: against the reference L2Rec and
+against the same fused model with ``layer_shortcuts = False``, on every supported
+architecture, both padding sides, ragged prompts, masks with holes, packed input, one-token
+prompts and one user; and they must step aside (run the whole layer) where they cannot apply.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_utils import NUM_ITEMS, VOCAB, batch, make_backbone, randomize_, repad
+
+from l2rec_kernels.models import layer_shortcuts
+from l2rec_kernels.models.config import L2RecConfig
+from l2rec_kernels.models.fused import FusedL2Rec
+from l2rec_kernels.models.reference import L2Rec
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def make_models(arch="llama", backend="torch", **backbone_kw):
+    ref = L2Rec(make_backbone(arch, **backbone_kw),
+                L2RecConfig(num_items=NUM_ITEMS, pref_dim=24, behavior_dim=16))
+    randomize_(ref)
+    pruned = FusedL2Rec.from_reference(ref, backend=backend)
+    full = FusedL2Rec.from_reference(ref, backend=backend)
+    full.layer_shortcuts = False
+    return ref, pruned, full
+
+
+def preferences(models, b):
+    with torch.no_grad():
+        return [m(**b).preference for m in models]
+
+
+def assert_same(ref, pruned, full, b, tol=1e-5):
+    r, p, f = preferences((ref, pruned, full), b)
+    assert rel_err(p, r) < tol
+    assert rel_err(p, f) < tol
+    assert rel_err(f, r) < tol
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pruned_equals_full_layer_and_reference(arch, side):
+    ref, pruned, full = make_models(arch)
+    assert pruned.shortcuts_for(11) == ("last_rows", "shared_first_qkv")
+    assert full.shortcuts_for(11) == ()
+    assert_same(ref, pruned, full, repad(batch(5, seq=11, ragged=True), side, extra=2))
+
+
+def test_mask_with_holes():
+    """Attended tokens need not be contiguous: the last row attends to exactly the
+    attended keys before it, as the full layer's causal + padding mask does."""
+    ref, pruned, full = make_models("qwen2")
+    b = batch(4, seq=10, ragged=False, seed=3)
+    b["attention_mask"][:, [2, 5]] = 0
+    b["attention_mask"][1, 9] = 0      # this row's last attended token is at 8
+    b["input_ids"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, 0)
+    assert_same(ref, pruned, full, b)
+
+
+def test_packed_input():
+    ref, pruned, full = make_models("llama")
+    for m in (pruned, full):
+        m.packing = "packed"
+    assert pruned.uses_packing() and pruned.shortcuts_for(12) == ("last_rows", "shared_first_qkv")
+    assert_same(ref, pruned, full, batch(6, seq=12, ragged=True, seed=5))
+
+
+@pytest.mark.parametrize("users,seq", [(1, 1), (1, 7), (3, 1)])
+def test_one_user_and_one_token_prompts(users, seq):
+    ref, pruned, full = make_models("llama")
+    assert_same(ref, pruned, full, batch(users, seq=seq, ragged=False, seed=users + seq))
+
+
+def test_triton_backend_under_interpreter():
+    ref, pruned, full = make_models("qwen2", backend="triton")
+    assert pruned.shortcuts_for(7) == ("last_rows",)
+    assert_same(ref, pruned, full, batch(3, seq=7, ragged=True, seed=2))
+
+
+def test_narrow_sliding_window_runs_the_whole_layer():
+    """Mistral with a window narrower than the prompt: the pruned attention (which sees
+    every earlier key) would be wrong, so the layer runs whole and parity still holds."""
+    backbone = make_backbone("mistral")
+    backbone.config.sliding_window = 4
+    ref = L2Rec(backbone, L2RecConfig(num_items=NUM_ITEMS, pref_dim=24, behavior_dim=16))
+    randomize_(ref)
+    fused = FusedL2Rec.from_reference(ref)
+    assert "sliding window" in layer_shortcuts.unsupported_reason(backbone, 9)
+    assert fused.shortcuts_for(9) == ("shared_first_qkv",)
+    assert fused.shortcuts_for(4) == ("last_rows", "shared_first_qkv")
+    b = batch(3, seq=9, ragged=False, seed=4)
+    r, f = preferences((ref, fused), b)
+    assert rel_err(f, r) < 1e-5
+
+
+def test_unsupported_model_type_is_reported():
+    backbone = make_backbone("llama")
+    backbone.config.model_type = "my_llama_variant"
+    reason = layer_shortcuts.unsupported_reason(backbone)
+    assert "my_llama_variant" in reason
+
+
+def test_layer_shortcuts_setting():
+    _, pruned, _ = make_models("llama")
+    with pytest.raises(TypeError, match="layer_shortcuts"):
+        pruned.layer_shortcuts = 1
+    pruned.backend = "triton"  # the triton kernel fuses the base GEMM: no shared q/k/v
+    assert pruned.shortcuts_for(8) == ("last_rows",)
+    pruned.layer_shortcuts = False
+    assert pruned.shortcuts_for(8) == ()
+
+
+def test_remove_adapters_restores_the_layer():
+    ref, pruned, full = make_models("llama")
+    layer = pruned.backbone.base_model.layers[-1]
+    assert "forward" in layer.__dict__
+    pruned.remove_adapters()
+    assert "forward" in layer.__dict__  # ``full`` still owns a reference
+    full.remove_adapters()
+    ref.remove_adapters()
+    assert all("forward" not in m.__dict__ for m in pruned.backbone.modules())
+
+
+def test_gradients_flow_through_the_pruned_layer():
+    ref, pruned, _ = make_models("llama")
+    b = batch(3, seq=8)
+    labels = torch.tensor([3, 7, 11])
+    ref(**b, labels=labels).loss.backward()
+    want = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
+    ref.zero_grad(set_to_none=True)
+    pruned(**b, labels=labels).loss.backward()
+    got = {n: p.grad for n, p in pruned.named_parameters() if p.grad is not None}
+    last = f"layers__{len(pruned.backbone.base_model.layers) - 1}__mlp"
+    assert any(last in n for n in got)  # the pruned layer's experts get gradients
+    assert want.keys() == got.keys()
+    for n in want:
+        assert rel_err(got[n], want[n]) < 1e-4, n
+
+
+def test_plain_backbone_is_untouched_by_the_shim():
+    _, pruned, _ = make_models("llama")
+    base = pruned.backbone.base_model
+    ids = torch.randint(1, VOCAB, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    out = base(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert out.shape == (2, 6, pruned.backbone.config.hidden_size)
