@@ -4,6 +4,11 @@ All providers see the same prompts and compute a whole forward (routing, backbon
 catalogue scores), except the plain backbone, which runs once over the same 2·B stacked
 sequences the fused model runs: the floor (frozen GEMMs and attention, no experts).
 
+``FusedL2Rec[<backend>,no_shortcuts]`` is the same fused model with ``layer_shortcuts``
+off: every layer run whole, over all rows, as in the plain backbone. The gap between it and
+``FusedL2Rec[<backend>]`` is what the last-rows-only last layer and the shared first-layer
+q/k/v GEMMs are worth; the plain backbone runs every layer whole.
+
 ``PEFT_mixed_batch_top1`` is a real peer: the same experts served by ``peft``'s mixed
 adapter batch inference. Every (view, expert) pair is one LoRA adapter (A = A[v, e],
 B = B[v, e], scaling alpha/r) on a separate copy of the backbone; PEFT picks one adapter
