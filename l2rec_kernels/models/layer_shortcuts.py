@@ -36,6 +36,7 @@ every layer runs whole, as in the plain model.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -49,6 +50,7 @@ MIN_TRANSFORMERS = (4, 54)
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+@functools.cache  # asked on every forward; the installed version does not change
 def _transformers_version() -> tuple[int, int]:
     import transformers
 
@@ -70,8 +72,9 @@ def first_layer_input_projections(backbone: nn.Module) -> tuple[nn.Linear, ...]:
 
 
 def unsupported_reason(backbone: nn.Module, seq_len: int | None = None) -> str | None:
-    """Why the last layer of ``backbone`` cannot run for the last rows only (None: it can).
-    With ``seq_len``, also checks that no sliding window cuts a prompt of that length."""
+    """Why ``backbone`` does not qualify for the shortcuts (None: it does). Without
+    ``seq_len`` this is the check for both; with it, also that no sliding window cuts a
+    prompt of that length, which only the last-rows shortcut needs."""
     if _transformers_version() < MIN_TRANSFORMERS:
         return f"transformers < {'.'.join(map(str, MIN_TRANSFORMERS))}"
     model_type = getattr(backbone.config, "model_type", None)
