@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from l2rec_kernels.models.config import L2RecConfig
+from l2rec_kernels.models.fused import FusedL2Rec
+from l2rec_kernels.models.reference import L2Rec
 from l2rec_kernels.models.tiny import synthetic_batch, tiny_backbone
 
 VOCAB = 128
@@ -18,6 +21,39 @@ def randomize_(model, seed: int = 1, scale: float = 0.2) -> None:
             if t.is_floating_point():
                 t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float32).to(t.dtype) * scale)
             del name
+
+
+def rel_err(a, b):
+    """Relative error of ``a`` against ``b`` in float64 over ``b``'s finite entries (the
+    non-finite ones, e.g. the -inf padding column, must sit in the same places)."""
+    a, b = a.double(), b.double()
+    finite = torch.isfinite(b)
+    assert torch.equal(finite, torch.isfinite(a))
+    return ((a[finite] - b[finite]).norm() / b[finite].norm()).item()
+
+
+def make_pair(arch="llama", backend="torch", **cfg):
+    """A randomised reference L2Rec and a FusedL2Rec sharing its tensors."""
+    cfg.setdefault("num_items", NUM_ITEMS)
+    cfg.setdefault("pref_dim", 24)
+    cfg.setdefault("behavior_dim", 16)
+    ref = L2Rec(make_backbone(arch), L2RecConfig(**cfg))
+    randomize_(ref)  # every trainable tensor random, expert B included
+    return ref, FusedL2Rec.from_reference(ref, backend=backend)
+
+
+def assert_same_gradients(ref, fused, b: dict, labels, tol: float = 1e-4) -> set[str]:
+    """Backpropagate the loss through each model; the same parameters must get gradients,
+    within ``tol`` relative error. Returns their names."""
+    ref(**b, labels=labels).loss.backward()
+    want = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
+    ref.zero_grad(set_to_none=True)  # the models share their parameters
+    fused(**b, labels=labels).loss.backward()
+    got = {n: p.grad for n, p in fused.named_parameters() if p.grad is not None}
+    assert want.keys() == got.keys()
+    for n in want:
+        assert rel_err(got[n], want[n]) < tol, n
+    return set(want)
 
 
 def make_backbone(arch: str = "llama", **kw):

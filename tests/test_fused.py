@@ -6,27 +6,20 @@ import threading
 
 import pytest
 import torch
-from model_utils import NUM_ITEMS, batch, make_backbone, randomize_, repad
+from model_utils import (
+    NUM_ITEMS,
+    assert_same_gradients,
+    batch,
+    make_backbone,
+    make_pair,
+    randomize_,
+    rel_err,
+    repad,
+)
 
 from l2rec_kernels.models.config import L2RecConfig
 from l2rec_kernels.models.fused import FusedL2Rec
 from l2rec_kernels.models.reference import L2Rec
-
-
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    finite = torch.isfinite(b)
-    assert torch.equal(finite, torch.isfinite(a))
-    return ((a[finite] - b[finite]).norm() / b[finite].norm()).item()
-
-
-def make_pair(arch="llama", backend="torch", **cfg):
-    cfg.setdefault("num_items", NUM_ITEMS)
-    cfg.setdefault("pref_dim", 24)
-    cfg.setdefault("behavior_dim", 16)
-    ref = L2Rec(make_backbone(arch), L2RecConfig(**cfg))
-    randomize_(ref)  # every trainable tensor random, expert B included
-    return ref, FusedL2Rec.from_reference(ref, backend=backend)
 
 
 def assert_parity(ref, fused, b, tol, **kw):
@@ -142,16 +135,8 @@ def test_routing_does_not_leak_and_backbone_stays_plain():
 
 def test_gradients_match_reference_on_torch_backend():
     ref, fused = make_pair("llama", top_k=2)
-    b = batch(3)
-    labels = torch.tensor([3, 7, 11])
-    ref(**b, labels=labels).loss.backward()
-    grads = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
-    ref.zero_grad(set_to_none=True)
-    fused(**b, labels=labels).loss.backward()
-    fused_grads = {n: p.grad for n, p in fused.named_parameters() if p.grad is not None}
-    assert grads.keys() == fused_grads.keys() and len(grads) > 10
-    for n in grads:
-        assert rel_err(fused_grads[n], grads[n]) < 1e-4, n
+    names = assert_same_gradients(ref, fused, batch(3), torch.tensor([3, 7, 11]))
+    assert len(names) > 10
 
 
 def test_triton_backend_refuses_gradients_clearly():
