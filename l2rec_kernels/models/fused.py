@@ -106,7 +106,7 @@ class FusedL2Rec(L2RecBase):
         # registered as submodules and add backbone keys to state_dict().
         object.__setattr__(self, "_last_layer", None)
         object.__setattr__(self, "_first_qkv", ())
-        if layer_shortcuts.unsupported_reason(backbone) is None:
+        if layer_shortcuts.structure_reason(backbone) is None:  # checked once, here
             object.__setattr__(self, "_last_layer", layer_shortcuts.last_decoder_layer(backbone))
             object.__setattr__(self, "_first_qkv", tuple(
                 m for m in layer_shortcuts.first_layer_input_projections(backbone) if m in self._targets))
@@ -159,10 +159,10 @@ class FusedL2Rec(L2RecBase):
         ``"last_rows"`` (the last layer for the last rows only) and ``"shared_first_qkv"``
         (the torch backend only). Empty when ``layer_shortcuts`` is off or the backbone does
         not qualify (``layer_shortcuts.unsupported_reason`` says why)."""
-        if not self._layer_shortcuts or self._last_layer is None:
+        if not self._layer_shortcuts or self._last_layer is None:  # None: structure_reason
             return ()
         taken = []
-        if layer_shortcuts.unsupported_reason(self.backbone, seq_len) is None:
+        if layer_shortcuts.window_reason(self.backbone, seq_len) is None:
             taken.append("last_rows")
         dpmoe = _op_backends(self._backend)["dpmoe"]
         if dpmoe == "auto":  # "auto" never raises; an explicit backend is taken as named

@@ -47,7 +47,8 @@ from . import adapters
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 MIN_TRANSFORMERS = (4, 54)
-_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_QKV = ("q_proj", "k_proj", "v_proj")
+_PROJECTIONS = (*_QKV, "o_proj")
 
 
 @functools.cache  # asked on every forward; the installed version does not change
@@ -68,13 +69,29 @@ def last_decoder_layer(backbone: nn.Module) -> nn.Module | None:
 def first_layer_input_projections(backbone: nn.Module) -> tuple[nn.Linear, ...]:
     """The projections that read the first layer's normed input (repeated across views)."""
     attn = backbone.base_model.layers[0].self_attn
-    return tuple(getattr(attn, p) for p in ("q_proj", "k_proj", "v_proj"))
+    return tuple(getattr(attn, p) for p in _QKV)
 
 
-def unsupported_reason(backbone: nn.Module, seq_len: int | None = None) -> str | None:
-    """Why ``backbone`` does not qualify for the shortcuts (None: it does). Without
-    ``seq_len`` this is the check for both; with it, also that no sliding window cuts a
-    prompt of that length, which only the last-rows shortcut needs."""
+def sliding_window(backbone: nn.Module) -> int | None:
+    """The last layer's attention window in tokens, or None for full attention."""
+    window = getattr(last_decoder_layer(backbone).self_attn, "sliding_window", None)
+    if window is None and backbone.config.model_type == "mistral":
+        window = getattr(backbone.config, "sliding_window", None)
+    return window
+
+
+def window_reason(backbone: nn.Module, seq_len: int | None) -> str | None:
+    """Why the last-rows shortcut cannot run on ``seq_len``-token prompts (None: it can):
+    a sliding window narrower than the prompt, where the last row must not see every
+    earlier key. Assumes ``structure_reason(backbone)`` is None."""
+    window = sliding_window(backbone)
+    if window is not None and seq_len is not None and seq_len > window:
+        return f"a sliding window of {window} is narrower than the prompt ({seq_len} tokens)"
+    return None
+
+
+def structure_reason(backbone: nn.Module) -> str | None:
+    """Why ``backbone`` does not qualify for either shortcut (None: it does)."""
     if _transformers_version() < MIN_TRANSFORMERS:
         return f"transformers < {'.'.join(map(str, MIN_TRANSFORMERS))}"
     model_type = getattr(backbone.config, "model_type", None)
@@ -87,12 +104,14 @@ def unsupported_reason(backbone: nn.Module, seq_len: int | None = None) -> str |
         return "the last decoder layer is not a standard pre-norm attention + MLP layer"
     if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
         return "the attention normalises queries/keys"
-    window = getattr(attn, "sliding_window", None)
-    if window is None and model_type == "mistral":
-        window = getattr(backbone.config, "sliding_window", None)
-    if window is not None and seq_len is not None and seq_len > window:
-        return f"a sliding window of {window} is narrower than the prompt ({seq_len} tokens)"
     return None
+
+
+def unsupported_reason(backbone: nn.Module, seq_len: int | None = None) -> str | None:
+    """Why ``backbone`` does not qualify for the shortcuts (None: it does). Without
+    ``seq_len`` this is the check for both; with it, also that no sliding window cuts a
+    prompt of that length, which only the last-rows shortcut needs."""
+    return structure_reason(backbone) or window_reason(backbone, seq_len)
 
 
 class LastRowsPlan:
