@@ -17,7 +17,7 @@ TORCH_PIN ?= torch==2.13.0
 VENV_FLAGS := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 STAMP   := $(VENV)/.l2rec-installed
 
-.PHONY: setup test bench serve load-test cuda-check lint clean
+.PHONY: setup test bench serve load-test cuda-check gpu-compile-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -48,6 +48,12 @@ load-test: $(STAMP)
 # directory and run its GPU-free tests on it. Needs nvcc, no GPU.
 cuda-check: $(STAMP)
 	$(PY) csrc/cuda_check.py
+
+# Compile every Triton kernel through its launcher for sm_90a and sm_80 (Triton's own ptxas,
+# no GPU needed) and fail on compile errors, shared memory over the limit, spills, missing
+# wgmma or scalar LoRA loads; the table goes to bench/results/gpu_compile_check.md.
+gpu-compile-check: $(STAMP)
+	$(PY) tools/gpu_compile_check.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -158,6 +158,19 @@ def test_triton_slices_merge(tiles, device):
         check_topk(scores, ids, query, item_emb, k, exclude)
 
 
+@pytest.mark.parametrize("tiles", [1, 4])
+def test_triton_k_wider_than_a_tile(tiles, device):
+    """K above TILE_ITEMS: the running best waits in the partials between merges. A short
+    last row block (17 queries), several slices, exclusions, up to k = MAX_K."""
+    from l2rec_kernels.ops._topk_triton import MAX_K, TILE_ITEMS, topk_items_triton
+
+    query, item_emb = make(17, MAX_K + 77, 20, torch.float32, device)
+    exclude = random_exclude(17, 40, item_emb.shape[0], device)
+    for k in (TILE_ITEMS + 1, 3 * TILE_ITEMS - 5) + ((MAX_K,) if tiles == 1 else ()):
+        scores, ids = topk_items_triton(query, item_emb, k, exclude, tiles_per_slice=tiles)
+        check_topk(scores, ids, query, item_emb, k, exclude)
+
+
 def test_backends_agree(device):
     query, item_emb = make(8, 999, 32, torch.float32, device)
     a = topk_items(query, item_emb, 16, backend="torch")

@@ -25,21 +25,19 @@ unvalidated metadata the kernels never read out of bounds (sequence ids are clam
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
-from ._triton_util import interpreted
-
-OP_NAME = "l2rec::dpmoe_linear"
+from ._triton_util import INTERPRETER, launch, register_triton_op
 
 
 @triton.jit
 def _dpmoe_shrink_kernel(
     x_ptr, a_ptr, gates_ptr, view_ptr, cu_ptr, h_ptr,
-    M, K, S, E, R, VER, scaling, n_search,
+    M, K, S, E, VER, scaling, n_search,
     stride_xm, stride_xk,
     stride_av, stride_ae, stride_ar, stride_ak,
     stride_gs, stride_ge,
     stride_hm,
+    R: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Gate-scaled shrink, one [BLOCK_M, BLOCK_N] tile of h [M, V·E·r]:
@@ -103,13 +101,13 @@ def _dpmoe_shrink_kernel(
 @triton.jit
 def _dpmoe_base_expand_kernel(
     x_ptr, w_ptr, b_ptr, h_ptr, lb_ptr, y_ptr,
-    M, N, K, E, R, VER,
+    M, N, K, VER,
     stride_xm, stride_xk,
     stride_wn, stride_wk,
     stride_hm,
-    stride_bv, stride_be, stride_bn, stride_br,
+    stride_bve,
     stride_ym,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, R: tl.constexpr, RANK_RUNS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
@@ -147,33 +145,35 @@ def _dpmoe_base_expand_kernel(
                      mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(xt, wt, acc, input_precision="ieee")
     # Expand: h · B_all as extra reduction steps over c in [0, V·E·r). B_all is read straight
-    # from lora_b's [V, E, d_out, r] layout: for one (v, e) its [BLOCK_N, r] block is contiguous.
-    for c0 in range(0, VER, BLOCK_J):
-        cs = c0 + tl.arange(0, BLOCK_J)
+    # from lora_b as [V·E, d_out, r], rows of d_out·r contiguous (the launcher merges the view
+    # and expert axes): column c is rank c % R of expert block c // R. With R a constexpr and
+    # the inner strides fixed at (R, 1), the compiler knows the R-long runs and their
+    # alignment, so it loads them as vectors, not one element at a time.
+    for step in range(0, tl.cdiv(VER, BLOCK_J)):
+        cs = step * BLOCK_J + tl.arange(0, BLOCK_J)
         c_ok = cs < VER
-        j = cs % R
-        e = (cs // R) % E
-        v = cs // (R * E)
-        b_rows = v.to(tl.int64) * stride_bv + e.to(tl.int64) * stride_be + j.to(tl.int64) * stride_br
         ht = tl.load(h_ptr + rows[:, None] * stride_hm + cs[None, :],
                      mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        bt = tl.load(lb_ptr + b_rows[:, None] + cols[None, :] * stride_bn,
-                     mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+        if not RANK_RUNS:
+            b_rows = (cs // R).to(tl.int64) * stride_bve + (cs % R)
+            bt = tl.load(lb_ptr + b_rows[:, None] + cols[None, :] * R,
+                         mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+        else:
+            # R a power of two below BLOCK_J: several expert blocks per step. Load them as
+            # [blocks, R, BLOCK_N] so the R-long runs are an axis of their own (vector loads),
+            # then fold to [BLOCK_J, BLOCK_N].
+            blk = step * (BLOCK_J // R) + tl.arange(0, BLOCK_J // R)
+            jj = tl.arange(0, R)
+            b3 = tl.load(lb_ptr + blk.to(tl.int64)[:, None, None] * stride_bve
+                         + jj[None, :, None] + cols[None, None, :] * R,
+                         mask=(blk < VER // R)[:, None, None] & col_ok[None, None, :], other=0.0)
+            bt = tl.reshape(b3, [BLOCK_J, BLOCK_N])
         acc = tl.dot(ht, bt, acc, input_precision="ieee")
     if HAS_BIAS:
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0)
         acc += bias.to(tl.float32)[None, :]
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
-
-
-# Interpreted kernels cannot be captured by wrap_triton (torch 2.13 passes them through,
-# older torch raises), so those are launched directly (see _triton_util).
-_CAPTURABLE = not interpreted(_dpmoe_shrink_kernel)
-
-
-def _launchable(kernel):
-    return wrap_triton(kernel) if _CAPTURABLE else kernel
 
 
 def _pow2_between(n, low: int, high: int) -> int:
@@ -199,24 +199,26 @@ def choose_blocks(M: int, d_in: int, d_out: int, ver: int, dtype: torch.dtype) -
 
     tl.dot needs every block dim >= 16. Under the interpreter small blocks keep tests fast
     and still put several tiles (and sequence boundaries) in a test of ~100 rows. On a GPU:
-    128-row tiles once there are enough rows to fill the SMs, smaller for decode-like M;
-    BLOCK_K=32 with 3-4 stages stays well inside 100 KiB of shared memory, so the same
-    choice fits consumer GPUs as well as A100/H100.
+    128-row tiles once there are enough rows (wgmma needs BLOCK_M >= 64), smaller for
+    decode-like M; 16-bit tiles take BLOCK_K = 64 (four wgmma k-steps per stage), which
+    with 3 stages stays within Ampere's shared memory as well as Hopper's. fp32 runs on
+    FFMA (``input_precision="ieee"``), where smaller tiles avoid spills.
+    ``tools/gpu_compile_check.py`` checks every choice for registers, spills and smem.
     """
-    if not _CAPTURABLE:  # the interpreter (TRITON_INTERPRET=1 at triton import)
+    if INTERPRETER:  # TRITON_INTERPRET=1 at triton import
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_J": _pow2_between(ver, 16, 32),
                 "SHRINK_N": _pow2_between(ver, 16, 64), "GROUP_M": 4, "num_warps": 4,
                 "num_stages": 1}
     wide = dtype != torch.float32  # 2-byte elements: twice the tile for the same smem
     block_m = _pow2_between(M, 16, 128 if wide else 64)
     block_n = _pow2_between(d_out, 32, 128 if wide else 64)
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 32,
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 64 if wide else 32,
             "BLOCK_J": _pow2_between(ver, 16, 32),
             # One column tile covers all V·E·r columns (up to 128), so x is read once.
             "SHRINK_N": _pow2_between(ver, 16, 128),
             "GROUP_M": 8,
-            "num_warps": 8 if block_m * block_n >= 128 * 128 else 4,
-            "num_stages": 4 if wide else 3}
+            "num_warps": 8 if block_m * block_n >= (128 * 128 if wide else 32 * 64) else 4,
+            "num_stages": 3}
 
 
 def launch_dpmoe_linear(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
@@ -252,27 +254,35 @@ def launch_dpmoe_linear(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seq
     h = torch.empty((M, ver), dtype=x.dtype, device=x.device)
     n_search = _search_steps(S)
     grid_shrink = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(ver, cfg["SHRINK_N"]))
-    _launchable(_dpmoe_shrink_kernel)[grid_shrink](
+    launch(
+        _dpmoe_shrink_kernel, grid_shrink,
         x, lora_a, gates, seq_view, cu_seqlens, h,
-        M, d_in, S, E, R, ver, float(scaling), n_search,
+        M, d_in, S, E, ver, float(scaling), n_search,
         x.stride(0), x.stride(1),
         *lora_a.stride(),
         gates.stride(0), gates.stride(1),
         h.stride(0),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["SHRINK_N"], BLOCK_K=cfg["BLOCK_K"],
+        R=R, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["SHRINK_N"], BLOCK_K=cfg["BLOCK_K"],
         **launch_opts,
     )
     grid_main = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(d_out, cfg["BLOCK_N"]),)
-    _launchable(_dpmoe_base_expand_kernel)[grid_main](
+    # [V·E, d_out, r] with inner strides (r, 1): a view of the usual contiguous parameter;
+    # otherwise a copy of the small adapter, never of the frozen weight.
+    lora_b_merged = lora_b.reshape(V * E, d_out, R)
+    if lora_b_merged.stride()[1:] != (R, 1):
+        lora_b_merged = lora_b_merged.contiguous()
+    launch(
+        _dpmoe_base_expand_kernel, grid_main,
         # Without a bias, weight stands in as the (never read: HAS_BIAS=False) bias pointer.
-        x, weight, bias if bias is not None else weight, h, lora_b, out,
-        M, d_out, d_in, E, R, ver,
+        x, weight, bias if bias is not None else weight, h, lora_b_merged, out,
+        M, d_out, d_in, ver,
         x.stride(0), x.stride(1),
         weight.stride(0), weight.stride(1),
         h.stride(0),
-        *lora_b.stride(),
+        lora_b_merged.stride(0),
         out.stride(0),
-        HAS_BIAS=bias is not None,
+        HAS_BIAS=bias is not None, R=R,
+        RANK_RUNS=cfg["BLOCK_J"] > R and R & (R - 1) == 0,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         BLOCK_J=cfg["BLOCK_J"], GROUP_M=cfg["GROUP_M"],
         **launch_opts,
@@ -301,11 +311,4 @@ def _dpmoe_linear_fake(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-if _CAPTURABLE:
-    dpmoe_linear_op = triton_op(OP_NAME, _dpmoe_linear_impl, mutates_args=())
-else:
-    # Under TRITON_INTERPRET=1 torch.compile cannot trace into interpreted kernels, so the
-    # op is an opaque custom op there: compiled graphs call it (and the interpreter) at run
-    # time. Same schema, same eager behaviour.
-    dpmoe_linear_op = torch.library.custom_op(OP_NAME, _dpmoe_linear_impl, mutates_args=())
-dpmoe_linear_op.register_fake(_dpmoe_linear_fake)
+dpmoe_linear_op = register_triton_op("dpmoe_linear", _dpmoe_linear_impl, _dpmoe_linear_fake)

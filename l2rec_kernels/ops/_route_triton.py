@@ -14,7 +14,7 @@ because each round takes the smallest column holding the row maximum.
 
 Imported only when the triton backend is asked for: importing triton reads
 TRITON_INTERPRET, which must be set first for CPU tensors. Importing this module
-registers ``torch.ops.l2rec.route`` as a ``triton_op`` so ``torch.compile`` can trace it.
+registers ``torch.ops.l2rec.route`` (see ``_triton_util.register_triton_op``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_util import interpreted
+from ._triton_util import launch, register_triton_op
 
 # Largest expert count one program holds in registers (BLOCK_E = next pow2 of E); routers
 # have a handful of experts, so this only guards against misuse.
@@ -70,41 +70,24 @@ def _blocks(num_experts: int) -> tuple[int, int]:
     return max(1, min(_BLOCK_ELEMS // block_e, 128)), block_e
 
 
-def _route_into(logits: torch.Tensor, top_k: int, temperature: float, launch) -> torch.Tensor:
-    """Allocate the gates and launch the kernel through ``launch(kernel)``."""
+def _route_impl(logits: torch.Tensor, top_k: int, temperature: float) -> torch.Tensor:
+    """``l2rec::route``: gates [S, E] in logits' dtype. ``top_k`` == E means dense."""
     num_rows, num_experts = logits.shape
     out = torch.empty((num_rows, num_experts), dtype=logits.dtype, device=logits.device)
     if num_rows == 0:
         return out
     block_s, block_e = _blocks(num_experts)
-    grid = (triton.cdiv(num_rows, block_s),)
-    launch(_route_kernel)[grid](
-        logits, out, num_rows, num_experts, logits.stride(0), logits.stride(1), out.stride(0),
-        temperature, top_k, DENSE=top_k >= num_experts, BLOCK_S=block_s, BLOCK_E=block_e)
+    launch(_route_kernel, (triton.cdiv(num_rows, block_s),),
+           logits, out, num_rows, num_experts, logits.stride(0), logits.stride(1), out.stride(0),
+           temperature, top_k, DENSE=top_k >= num_experts, BLOCK_S=block_s, BLOCK_E=block_e)
     return out
 
 
-# Under the interpreter the launch sits in an opaque custom op with its own fake; with
-# compiled triton wrap_triton traces it, so Inductor sees the kernel (see _triton_util).
-INTERPRETED = interpreted(_route_kernel)
-
-if INTERPRETED:
-
-    @torch.library.custom_op("l2rec::_route_interpreted", mutates_args=())
-    def _route_interpreted(logits: torch.Tensor, top_k: int, temperature: float) -> torch.Tensor:
-        return _route_into(logits, top_k, temperature, lambda kernel: kernel)
-
-    @_route_interpreted.register_fake
-    def _(logits, top_k, temperature):
-        return logits.new_empty(logits.shape)
+def _route_fake(logits, top_k, temperature):
+    return logits.new_empty(logits.shape)
 
 
-@torch.library.triton_op("l2rec::route", mutates_args=())
-def route_op(logits: torch.Tensor, top_k: int, temperature: float) -> torch.Tensor:
-    """Registered op: gates [S, E] in logits' dtype. ``top_k`` == E means dense."""
-    if INTERPRETED:
-        return torch.ops.l2rec._route_interpreted(logits, top_k, temperature)
-    return _route_into(logits, top_k, temperature, torch.library.wrap_triton)
+route_op = register_triton_op("route", _route_impl, _route_fake)
 
 
 def route_triton(logits: torch.Tensor, top_k: int | None, temperature: float) -> torch.Tensor:

@@ -35,7 +35,8 @@ keys (B·n_slices·K int64, tiny next to B·N) then gives the global k, since ea
 share of the global top-k lies within that slice's top K ≥ k.
 
 Imported only when the triton backend is asked for (TRITON_INTERPRET must be set before
-triton is imported). Importing it registers ``torch.ops.l2rec.topk_items`` (a triton_op).
+triton is imported). Importing it registers ``torch.ops.l2rec.topk_items`` (see
+``_triton_util.register_triton_op``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_util import interpreted
+from ._triton_util import launch, register_triton_op
 
 MAX_K = 2048  # K keys per query live in registers next to a [BLOCK_B, ≥K] tile
 MAX_ITEMS = 2**31 - 2  # ids must fit the key's low 31 bits with room for the sentinel
@@ -117,13 +118,22 @@ def _topk_slice_kernel(q_ptr, item_ptr, ex_ptr, part_ptr,
     BLOCK_B: tl.constexpr = 2**LOG_B
     BLOCK_N: tl.constexpr = 2**LOG_N
     K_PAD: tl.constexpr = 2**LOG_K
+    ON_CHIP: tl.constexpr = LOG_K <= LOG_N
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < num_q
+    # This program's K keys per query in the partials: the result, and for K wider than a
+    # tile also the running best between merges.
+    slot = part_ptr + rows[:, None] * part_stride + pid_s * K_PAD + tl.arange(0, K_PAD)[None, :]
     # INT64_MIN built from an int32 so no 64-bit literal has to be typed by the frontend.
     empty = tl.full([BLOCK_B, BLOCK_N], -2147483648, tl.int32).to(tl.int64) << 32
-    best = tl.full([BLOCK_B, K_PAD], -2147483648, tl.int32).to(tl.int64) << 32
+    empty_best = tl.full([BLOCK_B, K_PAD], -2147483648, tl.int32).to(tl.int64) << 32
+    if ON_CHIP:
+        best = empty_best
+    else:
+        tl.store(slot, empty_best, mask=row_ok[:, None])
+        kth = tl.full([BLOCK_B], -2147483648, tl.int32).to(tl.int64) << 32
     start = pid_s.to(tl.int64) * slice_items
     end = tl.minimum(start + slice_items, num_items)
     for n0 in range(start, end, BLOCK_N):
@@ -147,19 +157,36 @@ def _topk_slice_kernel(q_ptr, item_ptr, ex_ptr, part_ptr,
         order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
         keys = (order.to(tl.int64) << 32) | (0x7FFFFFFF - cols)[None, :]
         keys = tl.where(col_ok[None, :], keys, empty)
-        kth = tl.min(best, axis=1)
-        wins = (tl.max(keys, axis=1) > kth).to(tl.int32)
+        if ON_CHIP:
+            kth = tl.min(best, axis=1)
+        # Rows past the batch never count, so a short last row block does not force merges.
+        wins = ((tl.max(keys, axis=1) > kth) & row_ok).to(tl.int32)
         if tl.max(wins, axis=0) > 0:  # most tiles lose everywhere once best fills up
             for x in range(0, num_ex):
                 banned = tl.load(ex_ptr + rows * stride_eb + x * stride_ex, mask=row_ok,
                                  other=-1).to(tl.int64)
                 keys = tl.where(cols[None, :] == banned[:, None], empty, keys)
-            top = _row_top(keys, LOG_B, LOG_N, LOG_K, 0)  # ascending
-            # best is descending, top ascending: their max is the K best of both, bitonic.
-            merged = tl.reshape(tl.maximum(best, top), [2] * (LOG_B + LOG_K))
-            best = tl.reshape(_bitonic_merge(merged, 1, LOG_B + LOG_K, LOG_K), [BLOCK_B, K_PAD])
-    out = part_ptr + rows[:, None] * part_stride + pid_s * K_PAD + tl.arange(0, K_PAD)[None, :]
-    tl.store(out, best, mask=row_ok[:, None])
+            if ON_CHIP:
+                top = _row_top(keys, LOG_B, LOG_N, LOG_K, 0)  # the tile's K best, ascending
+                merged = tl.reshape(tl.maximum(best, top), [2] * (LOG_B + LOG_K))
+                best = tl.reshape(_bitonic_merge(merged, 1, LOG_B + LOG_K, LOG_K), [BLOCK_B, K_PAD])
+            else:
+                # The sorted tile is the last tile-wide block of an ascending K-row whose other
+                # entries are empty keys; its max with the descending best is bitonic again.
+                # best waits in the partials between merges (registers hold only its minimum),
+                # so a large K costs no registers while tiles are skipped.
+                top = _row_top(keys, LOG_B, LOG_N, LOG_N, 0)  # the whole tile, ascending
+                last = (tl.arange(0, K_PAD // BLOCK_N) == K_PAD // BLOCK_N - 1)[None, :, None]
+                wide = tl.reshape(tl.where(last, top[:, None, :], empty[:, None, :]), [BLOCK_B, K_PAD])
+                tl.debug_barrier()  # the previous merge's stores are visible to every thread
+                old = tl.load(slot, mask=row_ok[:, None], other=0)
+                merged = tl.reshape(tl.maximum(old, wide), [2] * (LOG_B + LOG_K))
+                new = tl.reshape(_bitonic_merge(merged, 1, LOG_B + LOG_K, LOG_K), [BLOCK_B, K_PAD])
+                tl.debug_barrier()  # every thread has read old before it is overwritten
+                tl.store(slot, new, mask=row_ok[:, None])
+                kth = tl.min(new, axis=1)
+    if ON_CHIP:
+        tl.store(slot, best, mask=row_ok[:, None])
 
 
 @functools.lru_cache(maxsize=8)
@@ -171,15 +198,20 @@ def _log2(n: int) -> int:
     return n.bit_length() - 1
 
 
-def _blocks(k: int, dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_B, BLOCK_N, BLOCK_D, K_PAD): powers of two, BLOCK_N a multiple of K_PAD."""
+# Items per tile: the [BLOCK_B, TILE_ITEMS] key tile and its sorting network stay in
+# registers whatever k is; a larger k only widens the running best, not the tile.
+TILE_ITEMS = 128
+
+
+def _blocks(k: int, dim: int) -> dict[str, int]:
+    """Block sizes and warps for a launch (powers of two; a pure function of k and d)."""
     k_pad = triton.next_power_of_2(k)
-    block_n = max(k_pad, 128)
-    # Fewer query rows when K is large keeps the [BLOCK_B, BLOCK_N] key tile and its
-    # network in registers; 16 is tl.dot's smallest M.
-    block_b = 32 if k_pad <= 128 else 16
-    block_d = max(16, min(64, triton.next_power_of_2(dim)))
-    return block_b, block_n, block_d, k_pad
+    return {"block_b": 16,  # tl.dot's smallest M; fewer rows keep the key tiles in registers
+            "block_n": TILE_ITEMS,
+            "block_d": max(16, min(64, triton.next_power_of_2(dim))),
+            "k_pad": k_pad,
+            # A wide running best is spread over more threads.
+            "num_warps": 4 if k_pad <= 64 else 8 if k_pad <= 1024 else 16}
 
 
 def _tiles_per_slice(device: torch.device, row_blocks: int, num_tiles: int) -> int:
@@ -204,64 +236,43 @@ def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _plan(query: torch.Tensor, item_emb: torch.Tensor, k: int, tiles_per_slice: int) -> dict:
     """Block sizes and grid for a call (a pure function of shapes and device)."""
-    num_q, dim = query.shape
-    block_b, block_n, block_d, k_pad = _blocks(k, dim)
-    row_blocks = triton.cdiv(num_q, block_b)
-    num_tiles = triton.cdiv(item_emb.shape[0], block_n)
+    plan = _blocks(k, query.shape[1])
+    row_blocks = triton.cdiv(query.shape[0], plan["block_b"])
+    num_tiles = triton.cdiv(item_emb.shape[0], plan["block_n"])
     tiles = tiles_per_slice or _tiles_per_slice(query.device, row_blocks, num_tiles)
-    return {"block_b": block_b, "block_n": block_n, "block_d": block_d, "k_pad": k_pad,
-            "row_blocks": row_blocks, "tiles": tiles, "n_slices": triton.cdiv(num_tiles, tiles)}
+    return {**plan, "row_blocks": row_blocks, "tiles": tiles,
+            "n_slices": triton.cdiv(num_tiles, tiles)}
 
 
-def _partials_into(query, item_emb, exclude, k: int, tiles_per_slice: int, launch) -> torch.Tensor:
-    """Per-slice top-K keys [B, n_slices·K]: allocate and launch through ``launch(kernel)``."""
-    plan = _plan(query, item_emb, k, tiles_per_slice)
+def _topk_items_impl(query: torch.Tensor, item_emb: torch.Tensor, k: int, exclude: torch.Tensor,
+                     tiles_per_slice: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``l2rec::topk_items``. ``exclude`` [B, X] (X may be 0); ``tiles_per_slice`` 0 = automatic."""
     num_q, dim = query.shape
-    partial = torch.empty((num_q, plan["n_slices"] * plan["k_pad"]), dtype=torch.int64,
-                          device=query.device)
-    launch(_topk_slice_kernel)[(plan["row_blocks"], plan["n_slices"])](
-        query, item_emb, exclude, partial,
-        num_q, item_emb.shape[0], dim, exclude.shape[1], plan["tiles"] * plan["block_n"],
-        partial.stride(0), query.stride(0), query.stride(1), item_emb.stride(0),
-        item_emb.stride(1), exclude.stride(0), exclude.stride(1),
-        LOG_B=_log2(plan["block_b"]), LOG_N=_log2(plan["block_n"]), LOG_K=_log2(plan["k_pad"]),
-        BLOCK_D=plan["block_d"], IEEE=query.dtype == torch.float32)
-    return partial
-
-
-# Under the interpreter the launch sits in an opaque custom op with its own fake; with
-# compiled triton wrap_triton traces it, so Inductor sees the kernel (see _triton_util).
-INTERPRETED = interpreted(_topk_slice_kernel)
-
-if INTERPRETED:
-
-    @torch.library.custom_op("l2rec::_topk_partials_interpreted", mutates_args=())
-    def _partials_interpreted(query: torch.Tensor, item_emb: torch.Tensor, exclude: torch.Tensor,
-                              k: int, tiles_per_slice: int) -> torch.Tensor:
-        return _partials_into(query, item_emb, exclude, k, tiles_per_slice, lambda kernel: kernel)
-
-    @_partials_interpreted.register_fake
-    def _(query, item_emb, exclude, k, tiles_per_slice):
-        plan = _plan(query, item_emb, k, tiles_per_slice)
-        return query.new_empty((query.shape[0], plan["n_slices"] * plan["k_pad"]), dtype=torch.int64)
-
-
-@torch.library.triton_op("l2rec::topk_items", mutates_args=())
-def topk_items_op(query: torch.Tensor, item_emb: torch.Tensor, k: int, exclude: torch.Tensor,
-                  tiles_per_slice: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Registered op. ``exclude`` [B, X] (X may be 0); ``tiles_per_slice`` 0 = automatic."""
-    if query.shape[0] == 0:
+    if num_q == 0:
         return (query.new_empty((0, k), dtype=torch.float32),
                 query.new_empty((0, k), dtype=torch.int64))
-    if INTERPRETED:
-        partial = torch.ops.l2rec._topk_partials_interpreted(query, item_emb, exclude, k,
-                                                             tiles_per_slice)
-    else:
-        partial = _partials_into(query, item_emb, exclude, k, tiles_per_slice,
-                                 torch.library.wrap_triton)
+    plan = _plan(query, item_emb, k, tiles_per_slice)
+    partial = torch.empty((num_q, plan["n_slices"] * plan["k_pad"]), dtype=torch.int64,
+                          device=query.device)
+    launch(_topk_slice_kernel, (plan["row_blocks"], plan["n_slices"]),
+           query, item_emb, exclude, partial,
+           num_q, item_emb.shape[0], dim, exclude.shape[1], plan["tiles"] * plan["block_n"],
+           partial.stride(0), query.stride(0), query.stride(1), item_emb.stride(0),
+           item_emb.stride(1), exclude.stride(0), exclude.stride(1),
+           LOG_B=_log2(plan["block_b"]), LOG_N=_log2(plan["block_n"]), LOG_K=_log2(plan["k_pad"]),
+           BLOCK_D=plan["block_d"], IEEE=query.dtype == torch.float32,
+           num_warps=plan["num_warps"])
     # The merge: n_slices·K keys per query, against N scores per query for a dense topk.
     keys = torch.topk(partial, k, dim=1).values
     return decode_keys(keys)
+
+
+def _topk_items_fake(query, item_emb, k, exclude, tiles_per_slice):
+    return (query.new_empty((query.shape[0], k), dtype=torch.float32),
+            query.new_empty((query.shape[0], k), dtype=torch.int64))
+
+
+topk_items_op = register_triton_op("topk_items", _topk_items_impl, _topk_items_fake)
 
 
 def topk_items_triton(query: torch.Tensor, item_emb: torch.Tensor, k: int,

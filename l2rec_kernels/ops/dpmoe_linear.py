@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from .._backend import resolve_backend_traceable
 from .._validation import check_finite, check_float, check_int, check_range, check_shape
 
-OP_NAME = "l2rec::dpmoe_linear"
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
