@@ -347,6 +347,9 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default="sm_90a,sm_80")
     parser.add_argument("--ops", default="dpmoe_linear,topk_items,route")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--first", type=int, default=0,
+                        help="compile only the first N distinct specialisations of each op "
+                             "(a quick smoke run; 0 = all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_compile_check.md"))
     args = parser.parse_args(argv)
     targets = args.targets.split(",")
@@ -354,12 +357,15 @@ def main(argv=None) -> int:
     for t in targets:
         if t not in TARGETS:
             parser.error(f"--targets: unknown target {t!r}; choose from {', '.join(TARGETS)}")
+    makers = {"dpmoe_linear": dpmoe_cases, "topk_items": topk_cases, "route": route_cases}
+    for op in ops:
+        if op not in makers:
+            parser.error(f"--ops: unknown op {op!r}; choose from {', '.join(makers)}")
     # A fresh cache, so compile times are real and nothing is reused from an earlier run.
     cache = tempfile.mkdtemp(prefix="l2rec-compile-check-")
     os.environ["TRITON_CACHE_DIR"] = cache
     t_start = time.perf_counter()
 
-    makers = {"dpmoe_linear": dpmoe_cases, "topk_items": topk_cases, "route": route_cases}
     first_case: dict[tuple, Case] = {}
     launches_per_op = collections.Counter()
     cases_per_op = collections.Counter()
@@ -368,13 +374,15 @@ def main(argv=None) -> int:
             cases_per_op[op] += 1
             for key, _, _ in collect_launches(case):
                 launches_per_op[op] += 1
-                first_case.setdefault(key, case)
+                if key not in first_case and (
+                        not args.first or sum(c.op == op for c in first_case.values()) < args.first):
+                    first_case[key] = case
     by_case = collections.defaultdict(list)
     for key, case in first_case.items():
         by_case[case].append(key)
     jobs = [(t, case, keys) for t in targets for case, keys in by_case.items()]
-    # Slow compiles first, so the pool does not end on one long job.
-    jobs.sort(key=lambda j: (j[1].op != "topk_items", -len(j[2])))
+    # Slow compiles (topk with a wide k) first, so the pool does not end on one long job.
+    jobs.sort(key=lambda j: (j[1].op != "topk_items", -j[1].params[1] if j[1].op == "topk_items" else 0))
     print(f"{sum(cases_per_op.values())} grid points, {sum(launches_per_op.values())} launches, "
           f"{len(first_case)} distinct specialisations x {len(targets)} targets; "
           f"{args.jobs} workers", flush=True)

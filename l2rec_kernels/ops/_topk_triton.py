@@ -19,6 +19,13 @@ Running top-k (K = next_power_of_2(k) keys per query, kept sorted descending):
     top  = the K largest keys of each tile row, sorted ascending   (bitonic top-k)
     best = bitonic_merge_descending(max(best, top))
 
+The tile width (TILE_ITEMS) does not depend on k, so shared memory and the tile's network
+stay the same for every k. K ≤ TILE_ITEMS: ``best`` lives in registers. K > TILE_ITEMS:
+the whole tile, sorted ascending, stands in for the last tile-wide block of an ascending
+K-row of empty keys, and ``best`` waits in this program's slot of the partials between
+merges (registers carry only each row's K-th best for the skip test), so a wide K costs
+registers only while a tile is being merged.
+
 Why ``max`` works (the bitonic half-cleaner): for a descending ``a`` and an ascending
 ``b`` of length K, a_i - b_i falls with i, so for some j: c_i = max(a_i, b_i) is a_i for
 i < j and b_i for i ≥ j. Every dropped element is below every kept one: a dropped a_i
@@ -49,7 +56,7 @@ import triton.language as tl
 
 from ._triton_util import launch, register_triton_op
 
-MAX_K = 2048  # K keys per query live in registers next to a [BLOCK_B, ≥K] tile
+MAX_K = 2048  # a merge sorts [16, K] keys on chip: beyond this it would spill more than it computes
 MAX_ITEMS = 2**31 - 2  # ids must fit the key's low 31 bits with room for the sentinel
 _LOW_MASK = 0xFFFFFFFF
 _ID_BASE = 0x7FFFFFFF
