@@ -281,6 +281,17 @@ def test_bf16_on_gpu(backend, device):
 
 
 @pytest.mark.gpu
+def test_auto_serves_k_above_the_triton_limit(device):
+    """On CUDA "auto" is triton up to TRITON_MAX_K and the torch path above it."""
+    from l2rec_kernels.ops.topk_items import TRITON_MAX_K
+
+    query, item_emb = make(3, TRITON_MAX_K + 500, 32, torch.float16, device)
+    for k in (TRITON_MAX_K, TRITON_MAX_K + 1):
+        scores, ids = topk_items(query, item_emb, k)
+        check_topk(scores, ids, query, item_emb, k)
+
+
+@pytest.mark.gpu
 def test_large_catalogue_on_gpu(device):
     query, item_emb = make(300, 200_003, 128, torch.float16, device)
     scores, ids = topk_items(query, item_emb, 100, backend="triton")

@@ -55,8 +55,8 @@ import triton
 import triton.language as tl
 
 from ._triton_util import launch, register_triton_op
+from .topk_items import TRITON_MAX_K as MAX_K
 
-MAX_K = 2048  # a merge sorts [16, K] keys on chip: beyond this it would spill more than it computes
 MAX_ITEMS = 2**31 - 2  # ids must fit the key's low 31 bits with room for the sentinel
 _LOW_MASK = 0xFFFFFFFF
 _ID_BASE = 0x7FFFFFFF

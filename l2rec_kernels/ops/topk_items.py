@@ -34,6 +34,9 @@ from .._backend import resolve_backend_traceable
 from .._validation import check_int, check_range, check_tensor
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The largest k the triton kernel serves (its running best is K = next_power_of_2(k) keys
+# per query, merged on chip); "auto" takes the torch path above it.
+TRITON_MAX_K = 2048
 # Catalogue items scored per torch step: the [B, chunk] fp32 block is the path's largest
 # intermediate, so the chunk shrinks as the batch grows (at most 2^24 scores, 64 MiB).
 MAX_CHUNK_ITEMS = 65536
@@ -129,10 +132,12 @@ def topk_items(query: torch.Tensor, item_emb: torch.Tensor, k: int,
 
     query [B, d] and item_emb [N, d] share a dtype (fp32/fp16/bf16); 1 <= k <= N;
     exclude [B, X] integer item rows to skip (-1 = padding) or None. ``backend``: "auto",
-    "torch" or "triton".
+    "torch" or "triton" (k <= TRITON_MAX_K; "auto" takes torch above it).
     """
     check_topk_inputs(query, item_emb, k, exclude)
     which = resolve_backend_traceable(backend, query.device.type, "topk_items", ("triton", "torch"))
+    if backend == "auto" and k > TRITON_MAX_K:
+        which = "torch"
     if which == "torch":
         return topk_items_torch(query, item_emb, k, exclude)
     from ._topk_triton import topk_items_triton
