@@ -3,6 +3,16 @@
 Without a GPU, Triton kernels are tested on CPU tensors through Triton's interpreter,
 which reads TRITON_INTERPRET when triton is imported: so it is set here, before any test
 module (or the package) can import triton.
+
+Two markers decide what runs where (both registered in pyproject.toml):
+
+- ``gpu``: needs a CUDA GPU; skipped without one.
+- ``interpreter``: puts CPU tensors through ``backend="triton"``, which only the Triton
+  interpreter can run; skipped on a GPU machine, where TRITON_INTERPRET is not set (the
+  ``device`` fixture's CUDA tensors test the same kernels compiled there).
+
+``-p tests.simulate_gpu`` (tests/simulate_gpu.py) makes the collection logic below act as on
+a GPU machine while tensors stay on the CPU.
 """
 
 import os
@@ -19,8 +29,11 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 HAS_GPU = torch.cuda.is_available()
+# Collect and skip as on a GPU machine: with a real GPU, or simulated by tests/simulate_gpu.py.
+SIMULATED_GPU = not HAS_GPU and "tests.simulate_gpu" in sys.modules
+GPU_RUN = HAS_GPU or SIMULATED_GPU
 
-if not HAS_GPU:
+if not HAS_GPU:  # (when simulating, the interpreter stands in for the device: DEVICE is the CPU)
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("triton was imported before tests/conftest.py could set TRITON_INTERPRET=1")
     os.environ["TRITON_INTERPRET"] = "1"
@@ -29,12 +42,16 @@ DEVICE = torch.device("cuda" if HAS_GPU else "cpu")
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAS_GPU:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    needs_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    needs_interpreter = pytest.mark.skip(
+        reason="CPU tensors through backend='triton' need the Triton interpreter, which conftest "
+               "turns on (TRITON_INTERPRET=1) only without a GPU; on a GPU the `device` tests run "
+               "these kernels compiled")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if not HAS_GPU and item.get_closest_marker("gpu"):
+            item.add_marker(needs_gpu)
+        if GPU_RUN and item.get_closest_marker("interpreter"):
+            item.add_marker(needs_interpreter)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ def test_parity_torch_backend(arch, top_k, side):
     assert_parity(ref, fused, b, 1e-5, candidate_ids=cand, labels=torch.tensor([0, 1, 2, 5]))
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("top_k", [None, 2])
 def test_parity_triton_backend_under_interpreter(top_k):
     ref, fused = make_pair("qwen2", backend="triton", top_k=top_k)
@@ -139,6 +140,7 @@ def test_gradients_match_reference_on_torch_backend():
     assert len(names) > 10
 
 
+@pytest.mark.interpreter
 def test_triton_backend_refuses_gradients_clearly():
     _, fused = make_pair("llama", backend="triton")
     with pytest.raises(RuntimeError, match="torch"):

@@ -84,6 +84,7 @@ def test_one_user_and_one_token_prompts(users, seq):
     assert_same(ref, pruned, full, batch(users, seq=seq, ragged=False, seed=users + seq))
 
 
+@pytest.mark.interpreter
 def test_triton_backend_under_interpreter():
     ref, pruned, full = make_models("qwen2", backend="triton")
     assert pruned.shortcuts_for(7) == ("last_rows",)

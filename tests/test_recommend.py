@@ -18,6 +18,10 @@ def make_pair(backend="torch", seed=1):
     return ref, FusedL2Rec.from_reference(ref, backend=backend)
 
 
+# The models here live on the CPU: their triton backend needs the interpreter.
+BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.interpreter)]
+
+
 def check_against_oracle(ref, fused, b, k, exclude_history):
     want_scores, want_ids = ref.recommend(**b, k=k, exclude_history=exclude_history)
     scores, ids = fused.recommend(**b, k=k, exclude_history=exclude_history)
@@ -40,7 +44,7 @@ def check_against_oracle(ref, fused, b, k, exclude_history):
     assert (scores[:, :-1] >= scores[:, 1:]).all(), "scores not descending"
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [1, 7, NUM_ITEMS])
 @pytest.mark.parametrize("exclude_history", [True, False])
 def test_recommend_matches_oracle(backend, k, exclude_history):
@@ -106,7 +110,7 @@ def test_item_table_invalidation(edit):
     assert not torch.equal(fresh, stale)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_extra_exclusions(backend):
     ref, fused = make_pair(backend)
     b = batch(3)
