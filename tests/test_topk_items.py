@@ -164,11 +164,15 @@ def test_triton_k_wider_than_a_tile(tiles, device):
     last row block (17 queries), several slices, exclusions, up to k = MAX_K."""
     from l2rec_kernels.ops._topk_triton import MAX_K, TILE_ITEMS, topk_items_triton
 
-    query, item_emb = make(17, MAX_K + 77, 20, torch.float32, device)
+    query, item_emb = make(17, 1500, 20, torch.float32, device)
     exclude = random_exclude(17, 40, item_emb.shape[0], device)
-    for k in (TILE_ITEMS + 1, 3 * TILE_ITEMS - 5) + ((MAX_K,) if tiles == 1 else ()):
+    for k in (TILE_ITEMS + 1, 3 * TILE_ITEMS - 5, 1024):
         scores, ids = topk_items_triton(query, item_emb, k, exclude, tiles_per_slice=tiles)
         check_topk(scores, ids, query, item_emb, k, exclude)
+    if tiles == 1:  # the largest k, on a few queries (each merge sorts K keys per query)
+        query, item_emb = make(3, MAX_K + 77, 20, torch.float32, device)
+        scores, ids = topk_items_triton(query, item_emb, MAX_K, exclude[:3], tiles_per_slice=tiles)
+        check_topk(scores, ids, query, item_emb, MAX_K, exclude[:3])
 
 
 def test_backends_agree(device):
@@ -241,11 +245,12 @@ def test_bad_inputs(backend, case, device):
 
 
 def test_triton_limits(device):
-    query, item_emb = make(2, 4100, 1, torch.float32, device)
-    with pytest.raises(ValueError, match="k <= 2048"):
-        topk_items(query, item_emb, 4000, backend="triton")
-    scores, ids = topk_items(query, item_emb, 4000, backend="torch")  # the torch path has no cap
-    check_topk(scores, ids, query, item_emb, 4000)
+    query, item_emb = make(2, 5000, 1, torch.float32, device)
+    for k in (4097, 5000):
+        with pytest.raises(ValueError, match=f"k <= 4096, got k={k}"):
+            topk_items(query, item_emb, k, backend="triton")
+    scores, ids = topk_items(query, item_emb, 4500, backend="torch")  # the torch path has no cap
+    check_topk(scores, ids, query, item_emb, 4500)
 
 
 # ----------------------------------------------------------------------------- registration

@@ -167,11 +167,12 @@ def launch_key(kernel, args, kwargs) -> tuple:
     tensor dtypes and alignment, and the specialisation of every stride argument. Size
     arguments (M, N, K, counts) are left out: they only move mask bounds, and keeping their
     classes (1 / multiple of 16 / other) would multiply the compiles without exercising a
-    different block configuration."""
-    names = kernel.arg_names
+    different block configuration. Arguments a kernel marks ``do_not_specialize`` are left
+    out too: Triton compiles one binary for all their values."""
     return (kernel.fn.__name__,
-            tuple(_arg_key(a) for n, a in zip(names, args)
-                  if isinstance(a, torch.Tensor) or n.startswith("stride")),
+            tuple(_arg_key(a) for p, a in zip(kernel.params, args)
+                  if isinstance(a, torch.Tensor)
+                  or (p.name.startswith("stride") and not p.do_not_specialize)),
             tuple(sorted(kwargs.items())))
 
 
@@ -275,7 +276,8 @@ def compile_case(target_name: str, case: Case, wanted: list[tuple]) -> list[dict
             log.seek(0)
             errors = [ln.strip() for ln in log.read().decode(errors="replace").splitlines()
                       if "error:" in ln]
-            reason = errors[0] if errors else str(exc).splitlines()[0]
+            message = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            reason = errors[0] if errors else " ".join(message[:1] + message[-1:])
             row.update(error=f"{type(exc).__name__}: {reason[:300]}",
                        seconds=time.perf_counter() - t0)
             rows.append(row)

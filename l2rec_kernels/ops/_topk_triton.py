@@ -116,7 +116,9 @@ def _row_top(x, LOG_R: tl.constexpr, LOG_W: tl.constexpr, LOG_K: tl.constexpr,
     return tl.reshape(h, [2**LOG_R, 2**LOG_K])
 
 
-@triton.jit
+# The exclusion list's width and strides vary per call (a batch's longest history) and
+# never shape the code, so they are not specialised on: one binary serves every list.
+@triton.jit(do_not_specialize=["num_ex", "stride_eb", "stride_ex"])
 def _topk_slice_kernel(q_ptr, item_ptr, ex_ptr, part_ptr,
                        num_q, num_items, dim, num_ex, slice_items, part_stride,
                        stride_qb, stride_qd, stride_in, stride_id, stride_eb, stride_ex,
@@ -178,20 +180,29 @@ def _topk_slice_kernel(q_ptr, item_ptr, ex_ptr, part_ptr,
                 merged = tl.reshape(tl.maximum(best, top), [2] * (LOG_B + LOG_K))
                 best = tl.reshape(_bitonic_merge(merged, 1, LOG_B + LOG_K, LOG_K), [BLOCK_B, K_PAD])
             else:
-                # The sorted tile is the last tile-wide block of an ascending K-row whose other
-                # entries are empty keys; its max with the descending best is bitonic again.
-                # best waits in the partials between merges (registers hold only its minimum),
-                # so a large K costs no registers while tiles are skipped.
+                # best waits in the partials between merges (registers carry only each row's
+                # K-th best), and a merge takes one query row at a time, so a wide K costs
+                # K / threads registers. The sorted tile is the last tile-wide block of an
+                # ascending K-row of empty keys; its max with the descending best is bitonic.
                 top = _row_top(keys, LOG_B, LOG_N, LOG_N, 0)  # the whole tile, ascending
-                last = (tl.arange(0, K_PAD // BLOCK_N) == K_PAD // BLOCK_N - 1)[None, :, None]
-                wide = tl.reshape(tl.where(last, top[:, None, :], empty[:, None, :]), [BLOCK_B, K_PAD])
+                row_ids = tl.arange(0, BLOCK_B)
+                last = (tl.arange(0, K_PAD // BLOCK_N) == K_PAD // BLOCK_N - 1)[:, None]
+                empty_row = tl.full([BLOCK_B], -2147483648, tl.int32).to(tl.int64) << 32
+                empty_blocks = tl.full([K_PAD // BLOCK_N, BLOCK_N], -2147483648, tl.int32).to(tl.int64) << 32
                 tl.debug_barrier()  # the previous merge's stores are visible to every thread
-                old = tl.load(slot, mask=row_ok[:, None], other=0)
-                merged = tl.reshape(tl.maximum(old, wide), [2] * (LOG_B + LOG_K))
-                new = tl.reshape(_bitonic_merge(merged, 1, LOG_B + LOG_K, LOG_K), [BLOCK_B, K_PAD])
-                tl.debug_barrier()  # every thread has read old before it is overwritten
-                tl.store(slot, new, mask=row_ok[:, None])
-                kth = tl.min(new, axis=1)
+                for r in range(0, BLOCK_B):
+                    r_kth = tl.max(tl.where(row_ids == r, kth, empty_row), axis=0)
+                    r_top = tl.max(tl.where((row_ids == r)[:, None], top, empty), axis=0)
+                    if (pid_b * BLOCK_B + r < num_q) & (tl.max(r_top, axis=0) > r_kth):
+                        r_slot = (part_ptr + (pid_b.to(tl.int64) * BLOCK_B + r) * part_stride
+                                  + pid_s * K_PAD + tl.arange(0, K_PAD))
+                        wide = tl.where(last, r_top[None, :], empty_blocks)
+                        merged = tl.maximum(tl.load(r_slot), tl.reshape(wide, [K_PAD]))
+                        new = _bitonic_merge(tl.reshape(merged, [2] * LOG_K), 1, LOG_K, LOG_K)
+                        new = tl.reshape(new, [K_PAD])
+                        tl.debug_barrier()  # every thread has read the row before it changes
+                        tl.store(r_slot, new)
+                        kth = tl.where(row_ids == r, tl.min(new, axis=0), kth)
     if ON_CHIP:
         tl.store(slot, best, mask=row_ok[:, None])
 
@@ -210,15 +221,16 @@ def _log2(n: int) -> int:
 TILE_ITEMS = 128
 
 
-def _blocks(k: int, dim: int) -> dict[str, int]:
-    """Block sizes and warps for a launch (powers of two; a pure function of k and d)."""
+def _blocks(k: int, dim: int, dtype: torch.dtype) -> dict[str, int]:
+    """Block sizes and warps for a launch (powers of two; a pure function of k, d, dtype)."""
     k_pad = triton.next_power_of_2(k)
     return {"block_b": 16,  # tl.dot's smallest M; fewer rows keep the key tiles in registers
             "block_n": TILE_ITEMS,
             "block_d": max(16, min(64, triton.next_power_of_2(dim))),
             "k_pad": k_pad,
-            # A wide running best is spread over more threads.
-            "num_warps": 4 if k_pad <= 64 else 8 if k_pad <= 1024 else 16}
+            # A wide running best, or fp32's FMA dot (no tensor cores), needs more threads
+            # to stay in registers.
+            "num_warps": 8 if k_pad > 64 or dtype == torch.float32 else 4}
 
 
 def _tiles_per_slice(device: torch.device, row_blocks: int, num_tiles: int) -> int:
@@ -243,7 +255,7 @@ def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _plan(query: torch.Tensor, item_emb: torch.Tensor, k: int, tiles_per_slice: int) -> dict:
     """Block sizes and grid for a call (a pure function of shapes and device)."""
-    plan = _blocks(k, query.shape[1])
+    plan = _blocks(k, query.shape[1], query.dtype)
     row_blocks = triton.cdiv(query.shape[0], plan["block_b"])
     num_tiles = triton.cdiv(item_emb.shape[0], plan["block_n"])
     tiles = tiles_per_slice or _tiles_per_slice(query.device, row_blocks, num_tiles)

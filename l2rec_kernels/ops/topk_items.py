@@ -34,9 +34,10 @@ from .._backend import resolve_backend_traceable
 from .._validation import check_int, check_range, check_tensor
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# The largest k the triton kernel serves (its running best is K = next_power_of_2(k) keys
-# per query, merged on chip); "auto" takes the torch path above it.
-TRITON_MAX_K = 2048
+# The largest k the triton kernel serves (its partials hold next_power_of_2(k) keys per
+# query and catalogue slice, and a merge sorts one such row on chip); "auto" takes the
+# torch path above it.
+TRITON_MAX_K = 4096
 # Catalogue items scored per torch step: the [B, chunk] fp32 block is the path's largest
 # intermediate, so the chunk shrinks as the batch grows (at most 2^24 scores, 64 MiB).
 MAX_CHUNK_ITEMS = 65536
