@@ -144,7 +144,7 @@ class L2RecBase(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 history_ids: torch.Tensor, candidate_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> L2RecOutput:
-        """Score items for each user (DESIGN.md section 3).
+        """Score items for each user (docs/design.md section 1).
 
         input_ids [B, T], attention_mask [B, T] (prompts padded on either side),
         history_ids [B, H] (0 = padding), candidate_ids [C] or [B, C] (None: the whole

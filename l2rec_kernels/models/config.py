@@ -12,7 +12,7 @@ NUM_VIEWS = 2  # view 0: behavioral, view 1: semantic
 
 @dataclass
 class L2RecConfig:
-    """Hyper-parameters of L2Rec (DESIGN.md section 1).
+    """Hyper-parameters of L2Rec (docs/design.md section 1).
 
     What the paper leaves open (expert count, rank, router and fusion forms) follows iLoRA's
     public defaults: E=4 experts of rank 8, alpha=16 (so the low-rank scaling is alpha/rank).

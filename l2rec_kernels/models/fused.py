@@ -1,4 +1,4 @@
-"""``FusedL2Rec``: the same model as ``L2Rec``, run the fast way (DESIGN.md section 2).
+"""``FusedL2Rec``: the same model as ``L2Rec``, run the fast way (docs/design.md section 2).
 
 * Both views of all B users are stacked into one batch of 2·B sequences and the backbone
   runs **once**: every frozen weight is read once per layer instead of twice.

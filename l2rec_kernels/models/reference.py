@@ -1,4 +1,4 @@
-"""``L2Rec``: the readable PyTorch reference (DESIGN.md section 1).
+"""``L2Rec``: the readable PyTorch reference (docs/design.md section 1).
 
 It runs the backbone twice, once per view, and applies each targeted layer's experts the
 way iLoRA's public code does (``adapters.ReferenceContext``). It is the honest baseline the

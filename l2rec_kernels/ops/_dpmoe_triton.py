@@ -1,4 +1,4 @@
-"""Triton kernels and launcher for ``dpmoe_linear`` (DESIGN.md sections 2 and 3).
+"""Triton kernels and launcher for ``dpmoe_linear`` (docs/design.md sections 2, 3 and 6).
 
     y[m] = x[m] Wᵀ + b + Σ_c h[m, c] B_all[c]
     h[m, c] = scaling · gates[s, e] · [seq_view[s] == v] · (x[m] · A_all[c])
@@ -214,10 +214,13 @@ def choose_blocks(M: int, d_in: int, d_out: int, ver: int, dtype: torch.dtype) -
     block_n = _pow2_between(d_out, 32, 128 if wide else 64)
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 64 if wide else 32,
             "BLOCK_J": _pow2_between(ver, 16, 32),
-            # One column tile covers all V·E·r columns (up to 128), so x is read once.
-            "SHRINK_N": _pow2_between(ver, 16, 128),
+            # One column tile covers all V·E·r columns (up to 128; 64 for fp32, whose FMA
+            # tiles hold more registers), so x is read once.
+            "SHRINK_N": _pow2_between(ver, 16, 128 if wide else 64),
             "GROUP_M": 8,
-            "num_warps": 8 if block_m * block_n >= (128 * 128 if wide else 32 * 64) else 4,
+            # More threads for the large tiles: the register counts the compile check reads
+            # stay below spilling on sm_80 and sm_90a.
+            "num_warps": 8 if not wide or block_m * block_n >= 64 * 128 else 4,
             "num_stages": 3}
 
 

@@ -19,23 +19,12 @@ Running top-k (K = next_power_of_2(k) keys per query, kept sorted descending):
     top  = the K largest keys of each tile row, sorted ascending   (bitonic top-k)
     best = bitonic_merge_descending(max(best, top))
 
-The tile width (TILE_ITEMS) does not depend on k, so shared memory and the tile's network
-stay the same for every k. K ≤ TILE_ITEMS: ``best`` lives in registers. K > TILE_ITEMS:
-the whole tile, sorted ascending, stands in for the last tile-wide block of an ascending
-K-row of empty keys, and ``best`` waits in this program's slot of the partials between
-merges (registers carry only each row's K-th best for the skip test), so a wide K costs
-registers only while a tile is being merged.
-
-Why ``max`` works (the bitonic half-cleaner): for a descending ``a`` and an ascending
-``b`` of length K, a_i - b_i falls with i, so for some j: c_i = max(a_i, b_i) is a_i for
-i < j and b_i for i ≥ j. Every dropped element is below every kept one: a dropped a_i
-(i ≥ j) has a_i ≤ a_j < b_j ≤ b_m for each kept b_m, and a_i ≤ each kept a; a dropped
-b_m (m < j) has b_m ≤ b_(j-1) ≤ a_(j-1) ≤ each kept a, and b_m ≤ each kept b. So c holds
-exactly the K largest of both (keys are distinct), as a bitonic sequence that one
-bitonic merge (log2 K compare-swap steps) sorts. ``top`` is found the same way: sort
-blocks of K in alternating directions, then repeatedly take the ``max`` of neighbouring
-blocks and re-merge, halving the row each time. The skip test uses keys before
-exclusion, an upper bound, so it never skips a tile that could change the result.
+The tile width (TILE_ITEMS) does not depend on k. K ≤ TILE_ITEMS: ``best`` lives in
+registers. K > TILE_ITEMS: ``best`` waits in this program's slot of the partials and a
+merge takes one query row at a time, the sorted tile standing in for the last block of
+an otherwise empty K-row. Why ``max`` then one bitonic merge keeps exactly the K best:
+docs/design.md section 6. The skip test uses keys before exclusion, an upper bound, so it
+never skips a tile that could change the result.
 
 Each program writes its K keys to partials [B, n_slices·K]; one ``torch.topk`` over those
 keys (B·n_slices·K int64, tiny next to B·N) then gives the global k, since each slice's

@@ -4,7 +4,7 @@
     for row i of sequence s (cu_seqlens[s] <= i < cu_seqlens[s+1]) and v = seq_view[s].
 
 Because a gate is per sequence, not per row, the expert sum is one low-rank product of rank
-V·E·r with a per-row scaling in the middle (DESIGN.md section 2):
+V·E·r with a per-row scaling in the middle (docs/design.md section 2):
 
     Σ_e g[e] (x A[v,e]ᵀ) B[v,e]ᵀ = ((x A_allᵀ) ⊙ coef) B_all,   A_all = lora_a as [V·E·r, d_in]
     coef[i, (v', e, j)] = scaling · gates[s, e] if v' == seq_view[s] else 0
@@ -85,14 +85,14 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
     Two ways to add the experts to the base GEMM ``y = x Wᵀ + b``:
 
     * concatenated (sync-free: CUDA tensors, torch.compile): ONE shrink over both views'
-      experts, so x is read once (a shrink per view re-read x and cost ~25% of the base GEMM
-      on a 2-core CPU); the gate coefficient (scaling folded in, 0 for the unused view)
+      experts, so x is read once (a shrink per view re-reads x, which is memory-bound
+      next to the base GEMM); the gate coefficient (scaling folded in, 0 for the unused view)
       multiplies h viewed as [M, V·E, r], never repeated over r; one expand into y.
     * per view run (CPU eager, the default there): rows come in runs of consecutive
       sequences of one view (FusedL2Rec stacks view-major: 2 runs). Each run shrinks and
       expands with its own view's experts only: x is still read once (runs are disjoint)
-      and the zero half of the concatenated product is skipped: 1.16-1.21x -> 1.11-1.15x
-      of the plain linear (bench/kernel_dpmoe.py, 2-core CPU, M=3072, 512->1376, E=4, r=8).
+      and the zero half of the concatenated product is skipped (bench/kernel_dpmoe.py
+      times both strategies).
       Finding the runs reads seq_view and cu_seqlens on the host, free for CPU tensors.
 
     ``split_views``: None = per-view runs when the tensors are on the CPU, not under

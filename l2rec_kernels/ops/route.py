@@ -1,4 +1,4 @@
-"""``route``: router logits -> dense expert gates (DESIGN.md section 3).
+"""``route``: router logits -> dense expert gates (docs/design.md section 3).
 
 For logits ``x`` [S, E] and temperature τ > 0, row by row::
 

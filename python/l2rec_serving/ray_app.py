@@ -37,8 +37,8 @@ from .loading import ServiceSpec, build_service
 from .validation import RequestError
 
 DEFAULT_MAX_BATCH_SIZE = 32
-# 20 ms: the best throughput and median latency of a 0-50 ms sweep at 32 concurrent clients
-# on a 2-core CPU (README); lower it where light-load latency matters more than throughput.
+# How long a replica waits to fill a batch: longer buys throughput under load, shorter
+# lowers light-load latency (bench/load_test.py --batch-wait-ms measures the trade).
 DEFAULT_BATCH_WAIT_S = 0.020
 
 api = FastAPI(title="L2Rec recommender", docs_url=None, redoc_url=None)
