@@ -51,6 +51,13 @@ def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None]) -> N
         raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
 
 
+def values_are_free(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s values on the host is free: a CPU tensor in eager mode. On CUDA
+    it would cost a device->host sync, under torch.compile a graph break; value checks and
+    host-side planning run only where this is True."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def check_range(name: str, t: torch.Tensor, low: int, high: int) -> None:
     """All values in [low, high] (inclusive). Syncs with the device."""
     if t.numel() == 0:
@@ -66,7 +73,14 @@ def check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must be finite, got NaN or inf values")
 
 
-def check_positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
+def check_exclude(name: str, exclude, *, rows: int, row_name: str, num_items: int,
+                  device: torch.device) -> None:
+    """An exclusion list: an integer [rows, X] tensor on ``device`` of item rows in
+    [-1, num_items - 1] (-1 = padding). The range is checked only for CPU tensors in eager
+    mode: on CUDA it would cost a host sync, under torch.compile a graph break."""
+    check_int(name, exclude, ndim=2, device=device)
+    if exclude.shape[0] != rows:
+        raise ValueError(f"{name} must have shape [B={rows}, X] (one row per {row_name}), "
+                         f"got {list(exclude.shape)}")
+    if values_are_free(exclude):
+        check_range(name, exclude, -1, num_items - 1)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .models.inputs import pad_rows
+
 PAD, BOS, SEP = 0, 1, 2
 _FIRST_WORD = 3
 
@@ -36,18 +38,6 @@ class WordTokenizer:
         rows = [self.encode(t)[:max_length] if truncation and max_length else self.encode(t)
                 for t in texts]
         return pad_rows(rows)
-
-
-def pad_rows(rows: Sequence[Sequence[int]], side: str = "right") -> dict[str, torch.Tensor]:
-    """Token rows -> padded input_ids and attention_mask ([B, max_len] int64)."""
-    width = max((len(r) for r in rows), default=0) or 1
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        ids[i, sl] = torch.tensor(r, dtype=torch.long)
-        mask[i, sl] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 class SyntheticCatalogue:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..ops.topk_items import check_exclude
+from .._validation import check_exclude
 from . import adapters
 from .config import NUM_VIEWS, L2RecConfig
 from .encoders import SASRecEncoder, last_true_index, semantic_summary

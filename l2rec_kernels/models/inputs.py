@@ -8,6 +8,7 @@ latency-bound caller.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,3 +86,15 @@ def check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Positions follow the attention mask, so a prompt's result ignores its padding side."""
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], side: str = "right") -> dict[str, torch.Tensor]:
+    """Token rows -> padded input_ids and attention_mask ([B, max_len] int64)."""
+    width = max((len(r) for r in rows), default=0) or 1
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        ids[i, sl] = torch.tensor(r, dtype=torch.long)
+        mask[i, sl] = 1
+    return {"input_ids": ids, "attention_mask": mask}

@@ -44,7 +44,7 @@ from typing import NamedTuple
 import torch
 
 from .._backend import resolve_backend_traceable
-from .._validation import check_range, check_tensor
+from .._validation import check_range, check_tensor, values_are_free
 
 MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 # cu_seqlens and row_seq are int32, so the packed capacity V·B·T must fit in int32.
@@ -128,8 +128,7 @@ def batch_metadata(attention_mask: torch.Tensor, num_views: int = 2,
                 f"backend='cuda' handles attention_mask with at most {CUDA_MAX_USERS} rows "
                 f"(users), got {users}; use backend='torch' or 'auto'")
         which = "torch"
-    if (attention_mask.device.type == "cpu" and attention_mask.dtype != torch.bool
-            and not torch.compiler.is_compiling()):
+    if attention_mask.dtype != torch.bool and values_are_free(attention_mask):
         check_range("attention_mask", attention_mask, 0, 1)  # free on the host only
     if which == "cuda":
         from . import _cuda_route  # the extension is loaded only when asked for

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import resolve_backend_traceable
-from .._validation import check_finite, check_float, check_int, check_range, check_shape
+from .._validation import (
+    check_finite,
+    check_float,
+    check_int,
+    check_range,
+    check_shape,
+    values_are_free,
+)
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -58,7 +65,7 @@ def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling)
     name = resolve_backend_traceable(backend, x.device.type, "dpmoe_linear", ("triton", "torch"))
-    if _want_value_checks(validate, x.device):
+    if _want_value_checks(validate, x):
         _check_values(x, lora_a, gates, seq_view, cu_seqlens)
     if name == "triton":
         if x.dtype not in TRITON_DTYPES:
@@ -112,7 +119,7 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
     b_all = lora_b.transpose(-1, -2).reshape(V, E * R, d_out)
     forced = split_views is not None
     if not forced:
-        split_views = x.device.type == "cpu" and not torch.compiler.is_compiling()
+        split_views = values_are_free(x)
     runs = _view_runs(seq_view, cu_seqlens, 1 if forced else MIN_ROWS_PER_RUN) if split_views else None
     if runs is None:
         M = x.shape[0]
@@ -185,12 +192,12 @@ def _refuse_grad(*tensors) -> None:
             "torch.no_grad() / torch.inference_mode()")
 
 
-def _want_value_checks(validate: bool | None, device: torch.device) -> bool:
+def _want_value_checks(validate: bool | None, x: torch.Tensor) -> bool:
     if validate is not None:
         if not isinstance(validate, bool):
             raise TypeError(f"validate must be None, True or False, got {validate!r}")
         return validate
-    return device.type == "cpu" and not torch.compiler.is_compiling()
+    return values_are_free(x)
 
 
 def _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling):

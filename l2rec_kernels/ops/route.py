@@ -32,7 +32,7 @@ import numbers
 import torch
 
 from .._backend import resolve_backend_traceable
-from .._validation import check_finite, check_tensor
+from .._validation import check_finite, check_tensor, values_are_free
 
 _GATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TORCH_DTYPES = (*_GATE_DTYPES, torch.float64)  # fp64 only on the torch path (gradcheck)
@@ -100,7 +100,7 @@ def route(logits: torch.Tensor, top_k: int | None = None, temperature: float = 1
             raise RuntimeError(f"route backend={which!r} is inference-only and logits require "
                                "grad; use backend='torch' to train through the router, or call "
                                "under torch.no_grad()")
-    if logits.device.type == "cpu" and not torch.compiler.is_compiling():
+    if values_are_free(logits):
         check_finite("logits", logits)  # free on the host; skipped on CUDA (no sync)
     if num_rows == 0:
         return logits.new_empty((0, num_experts))

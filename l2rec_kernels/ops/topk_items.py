@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import resolve_backend_traceable
-from .._validation import check_int, check_range, check_tensor
+from .._validation import check_exclude, check_tensor
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The largest k the triton kernel serves (its partials hold next_power_of_2(k) keys per
@@ -69,19 +69,6 @@ def check_topk_inputs(query, item_emb, k, exclude) -> None:
     if exclude is not None:
         check_exclude("exclude", exclude, rows=query.shape[0], row_name="query",
                       num_items=num_items, device=query.device)
-
-
-def check_exclude(name: str, exclude, *, rows: int, row_name: str, num_items: int,
-                  device: torch.device) -> None:
-    """An exclusion list: an integer [rows, X] tensor on ``device`` of item rows in
-    [-1, num_items - 1] (-1 = padding). The range is checked only for CPU tensors in eager
-    mode: on CUDA it would cost a host sync, under torch.compile a graph break."""
-    check_int(name, exclude, ndim=2, device=device)
-    if exclude.shape[0] != rows:
-        raise ValueError(f"{name} must have shape [B={rows}, X] (one row per {row_name}), "
-                         f"got {list(exclude.shape)}")
-    if exclude.device.type == "cpu" and not torch.compiler.is_compiling():
-        check_range(name, exclude, -1, num_items - 1)
 
 
 @torch.no_grad()

@@ -99,7 +99,7 @@ class RecommenderService:
     def _inputs(self, requests: Sequence[RecommendRequest]) -> dict[str, torch.Tensor]:
         """Left-padded prompts and right-padded histories for the whole batch, on the model's
         device. (The model's result for a user does not depend on the padding.)"""
-        from l2rec_kernels.synthetic import pad_rows
+        from l2rec_kernels.models.inputs import pad_rows
 
         prompts = pad_rows([self._prompt(r) for r in requests], side="left")
         width = self.limits.max_history
