@@ -1,7 +1,7 @@
 """What every benchmark section shares: run settings, result rows, progress, table, CSV.
 
-A section (``model_bench.run``, ``kernel_dpmoe.run``, ``kernel_route.run``,
-``kernel_topk.run``) gets a ``RunConfig`` and an ``emit`` callback, builds its list of
+A section (``model_bench.run``, ``kernel_dpmoe_linear.run``, ``kernel_route.run``,
+``kernel_topk_items.run``) gets a ``RunConfig`` and an ``emit`` callback, builds its list of
 cases (one per shape), times each case's providers side by side with
 ``_timing.interleaved`` and emits one row per provider through ``stats_rows``: median and
 p20/p80 ms, peak memory, the speedup over the case's reference provider and the ratio to
@@ -144,9 +144,9 @@ _COLUMNS = [("provider", "provider", "s"), ("shape", "shape", "s"), ("dtype", "d
             ("users_per_s", "users/s", ".1f")]
 REFERENCE_NOTE = {
     "model": "reference = L2Rec (two backbone passes); floor = plain_backbone_2B (no experts)",
-    "dpmoe": "reference = reference_einsum (iLoRA formulation); floor = plain_linear (F.linear)",
+    "dpmoe_linear": "reference = reference_einsum (iLoRA formulation); floor = plain_linear (F.linear)",
     "route": "reference = torch_softmax_topk (plain torch); no floor",
-    "topk": "reference = mm_topk (torch.mm + torch.topk); floor = mm_only (the score GEMM alone)",
+    "topk_items": "reference = mm_topk (torch.mm + torch.topk); floor = mm_only (the score GEMM alone)",
 }
 
 

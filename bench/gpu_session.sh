@@ -24,8 +24,8 @@
 #                  allocation (an out-of-bounds access inside a cached block is caught);
 #                  L2REC_SANITIZE_TESTS="tests/a.py ..." narrows it if it runs out of time:
 #                  sanitize.log                                           at most 3
-#   bench-kernels  bench/latency.py --sections dpmoe,route,topk and its plots: bench-kernels.log,
-#                  latency_gpu_full_*.csv, *_speedup.png, *_{dpmoe,route,topk}_ms.png   at most 8
+#   bench-kernels  bench/latency.py --sections dpmoe_linear,route,topk_items and its plots: bench-kernels.log,
+#                  latency_gpu_full_*.csv, *_speedup.png, *_{dpmoe_linear,route,topk_items}_ms.png   at most 8
 #   bench-model    bench/latency.py --sections model and its plots: bench-model.log,
 #                  latency_gpu_full_*.csv, *_model_latency.png, *_speedup.png   at most 6
 #   test, bench    test-kernels + test-models, bench-kernels + bench-model (as `all`: may need
@@ -167,11 +167,11 @@ for stage in "${STAGES[@]}"; do
     test-models) test_models ;;
     test) test_kernels; test_models ;;
     sanitize) sanitize ;;
-    bench-kernels) bench bench-kernels dpmoe,route,topk ;;
+    bench-kernels) bench bench-kernels dpmoe_linear,route,topk_items ;;
     bench-model) bench bench-model model ;;
-    bench) bench bench-kernels dpmoe,route,topk; bench bench-model model ;;
+    bench) bench bench-kernels dpmoe_linear,route,topk_items; bench bench-model model ;;
     all) install; test_kernels; test_models; sanitize
-         bench bench-kernels dpmoe,route,topk; bench bench-model model ;;
+         bench bench-kernels dpmoe_linear,route,topk_items; bench bench-model model ;;
   esac
 done
 echo "==== summary ($SUMMARY; $(find "$OUT" -maxdepth 1 -type f | wc -l) files in $OUT)"

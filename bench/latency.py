@@ -4,10 +4,10 @@ Sections (``--sections``, all by default):
 
 * ``model``: L2Rec vs FusedL2Rec vs the plain frozen backbone vs PEFT's mixed-adapter batch
   inference (top-1) on the same stacked tokens (bench/model_bench.py);
-* ``dpmoe``: the grouped DPMoE linear vs the reference einsum, a PEFT-style per-adapter
-  loop and the plain base GEMM (bench/kernel_dpmoe.py);
+* ``dpmoe_linear``: the grouped DPMoE linear vs the reference einsum, a PEFT-style per-adapter
+  loop and the plain base GEMM (bench/kernel_dpmoe_linear.py);
 * ``route``: ``route`` backends vs a plain torch softmax/top-k (bench/kernel_route.py);
-* ``topk``: ``topk_items`` vs ``torch.mm`` + ``torch.topk`` (bench/kernel_topk.py).
+* ``topk_items``: ``topk_items`` vs ``torch.mm`` + ``torch.topk`` (bench/kernel_topk_items.py).
 
 ``--quick`` is the CPU smoke run behind ``make bench`` (under a minute on 2 cores: one shape
 per section). Without it the sweep is meant for a GPU (sizes, E, r and dtypes vary); on
@@ -32,13 +32,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-import kernel_dpmoe  # noqa: E402
+import kernel_dpmoe_linear  # noqa: E402
 import kernel_route  # noqa: E402
-import kernel_topk  # noqa: E402
+import kernel_topk_items  # noqa: E402
 import model_bench  # noqa: E402
 from _report import DTYPES, RunConfig, format_table, progress, run_meta, write_csv  # noqa: E402
 
-SECTIONS = ("model", "dpmoe", "route", "topk")
+SECTIONS = ("model", "dpmoe_linear", "route", "topk_items")
 
 
 def fused_backends(device: torch.device, quick: bool) -> tuple[str, ...]:
@@ -89,9 +89,9 @@ def main(argv=None) -> int:
         rows.append({**meta, **row})
 
     builders = {"model": lambda: model_bench.cases(cfg, emit, fused_backends(device, args.quick)),
-                "dpmoe": lambda: kernel_dpmoe.cases(cfg, emit),
+                "dpmoe_linear": lambda: kernel_dpmoe_linear.cases(cfg, emit),
                 "route": lambda: kernel_route.cases(cfg, emit),
-                "topk": lambda: kernel_topk.cases(cfg, emit)}
+                "topk_items": lambda: kernel_topk_items.cases(cfg, emit)}
     cases = [c for s in sections for c in builders[s]()]
     print(f"# l2rec-kernels benchmark ({'quick' if args.quick else 'full'}) on {meta['device']}, "
           f"{meta['dtype']}, torch {meta['torch']}, triton {meta['triton']}, python "

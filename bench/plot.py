@@ -5,7 +5,7 @@ Writes PNGs named after the CSV (``<name>_...png``, next to it unless ``--out``)
 * ``<name>_model_latency.png``: model median latency vs batch size per provider (p20-p80 band);
 * ``<name>_speedup.png``: speedup over each bench's reference provider, per provider
   (model: vs batch size; kernels: per shape);
-* ``<name>_<bench>_ms.png`` for each kernel bench (dpmoe, route, topk): median ms per
+* ``<name>_<bench>_ms.png`` for each kernel bench (dpmoe_linear, route, topk_items): median ms per
   provider and shape (log scale; whiskers p20-p80).
 
 Needs matplotlib (the ``bench`` extra).

@@ -3,16 +3,16 @@
     python -m pytest bench/ --benchmark-only          # the timings, grouped per kernel/shape
     python -m pytest bench/                           # also the peers' correctness checks
 
-The providers are the ones bench/latency.py times (kernel_dpmoe, kernel_route,
-kernel_topk); on CUDA every call is followed by a synchronize so the time is the kernel's,
+The providers are the ones bench/latency.py times (kernel_dpmoe_linear, kernel_route,
+kernel_topk_items); on CUDA every call is followed by a synchronize so the time is the kernel's,
 not the launch's. Not part of ``make test`` (which runs ``pytest tests``).
 """
 
 from __future__ import annotations
 
-import kernel_dpmoe
+import kernel_dpmoe_linear
 import kernel_route
-import kernel_topk
+import kernel_topk_items
 import model_bench
 import pytest
 import torch
@@ -20,7 +20,7 @@ import torch
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
 
-DPMOE_SHAPE = kernel_dpmoe.DpmoeShape(seqs_per_view=4, seq_len=64, d_in=256, d_out=688)
+DPMOE_SHAPE = kernel_dpmoe_linear.DpmoeShape(seqs_per_view=4, seq_len=64, d_in=256, d_out=688)
 DPMOE_PROVIDERS = ["plain_linear", "dpmoe_linear[torch]", "dpmoe_linear[torch_concat]",
                    "dpmoe_linear[triton]", "peft_loop", "reference_einsum"]
 ROUTE_SHAPES = [kernel_route.RouteShape(256, 4, None), kernel_route.RouteShape(256, 4, 2)]
@@ -45,13 +45,13 @@ def _bench(benchmark, providers: dict, name: str, group: str) -> None:
 
 @pytest.fixture(scope="module")
 def dpmoe_providers():
-    return kernel_dpmoe.providers([kernel_dpmoe.make_inputs(DPMOE_SHAPE, DEVICE, DTYPE, seed=s)
+    return kernel_dpmoe_linear.providers([kernel_dpmoe_linear.make_inputs(DPMOE_SHAPE, DEVICE, DTYPE, seed=s)
                                    for s in range(2)])
 
 
 @pytest.mark.parametrize("name", DPMOE_PROVIDERS)
-def test_dpmoe(benchmark, dpmoe_providers, name):
-    _bench(benchmark, dpmoe_providers, name, f"dpmoe {DPMOE_SHAPE.label()}")
+def test_dpmoe_linear(benchmark, dpmoe_providers, name):
+    _bench(benchmark, dpmoe_providers, name, f"dpmoe_linear {DPMOE_SHAPE.label()}")
 
 
 @pytest.mark.parametrize("shape", ROUTE_SHAPES, ids=lambda s: s.label().replace(" ", "_"))
@@ -66,24 +66,24 @@ def test_route(benchmark, shape, backend):
 
 @pytest.fixture(scope="module")
 def catalogue():
-    return kernel_topk.make_inputs(0, TOPK_ITEMS, TOPK_DIM, DEVICE, DTYPE)[1]
+    return kernel_topk_items.make_inputs(0, TOPK_ITEMS, TOPK_DIM, DEVICE, DTYPE)[1]
 
 
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("name", TOPK_PROVIDERS)
-def test_topk(benchmark, catalogue, batch, name):
-    query = kernel_topk.make_inputs(batch, 1, TOPK_DIM, DEVICE, DTYPE, seed=batch)[0]
+def test_topk_items(benchmark, catalogue, batch, name):
+    query = kernel_topk_items.make_inputs(batch, 1, TOPK_DIM, DEVICE, DTYPE, seed=batch)[0]
     backends = tuple(b for b in ("torch", "triton") if b == "torch" or DEVICE.type == "cuda")
-    providers = kernel_topk.providers([query], catalogue, TOPK_K, backends)
-    _bench(benchmark, providers, name, f"topk N={TOPK_ITEMS} d={TOPK_DIM} k={TOPK_K} B={batch}")
+    providers = kernel_topk_items.providers([query], catalogue, TOPK_K, backends)
+    _bench(benchmark, providers, name, f"topk_items N={TOPK_ITEMS} d={TOPK_DIM} k={TOPK_K} B={batch}")
 
 
 # ----------------------------------------------------------------- the peers compute the same thing
 def test_dpmoe_providers_agree_with_reference():
-    inp = kernel_dpmoe.make_inputs(kernel_dpmoe.DpmoeShape(seqs_per_view=3, seq_len=17, d_in=40,
+    inp = kernel_dpmoe_linear.make_inputs(kernel_dpmoe_linear.DpmoeShape(seqs_per_view=3, seq_len=17, d_in=40,
                                                            d_out=56, experts=3, rank=4),
                                    dtype=torch.float64)
-    errs = kernel_dpmoe.check_agreement(inp, kernel_dpmoe.providers([inp]))
+    errs = kernel_dpmoe_linear.check_agreement(inp, kernel_dpmoe_linear.providers([inp]))
     assert set(errs) >= {"dpmoe_linear[torch]", "peft_loop"}
     assert max(errs.values()) < 1e-10, errs
 

@@ -46,10 +46,10 @@ _VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 def _op_backends(backend: str) -> dict[str, str]:
     """Which backend each op runs for a model-level backend choice."""
     if backend == "cuda":  # the extension does routing and metadata; GEMMs are Triton's
-        return {"route": "cuda", "metadata": "cuda", "dpmoe": "triton", "topk": "triton"}
+        return {"route": "cuda", "metadata": "cuda", "dpmoe_linear": "triton", "topk_items": "triton"}
     if backend == "triton":
-        return {"route": "triton", "metadata": "torch", "dpmoe": "triton", "topk": "triton"}
-    return {"route": backend, "metadata": backend, "dpmoe": backend, "topk": backend}
+        return {"route": "triton", "metadata": "torch", "dpmoe_linear": "triton", "topk_items": "triton"}
+    return {"route": backend, "metadata": backend, "dpmoe_linear": backend, "topk_items": backend}
 
 
 class FusedContext(adapters.RoutingContext):
@@ -164,7 +164,7 @@ class FusedL2Rec(L2RecBase):
         taken = []
         if layer_shortcuts.window_reason(self.backbone, seq_len) is None:
             taken.append("last_rows")
-        dpmoe = _op_backends(self._backend)["dpmoe"]
+        dpmoe = _op_backends(self._backend)["dpmoe_linear"]
         if dpmoe == "auto":  # "auto" never raises; an explicit backend is taken as named
             dpmoe = resolve_backend_traceable(dpmoe, device, "dpmoe_linear", ("triton", "torch"))
         if dpmoe == "torch" and self._first_qkv:
@@ -206,7 +206,7 @@ class FusedL2Rec(L2RecBase):
         else:       # ... or padded rows s·T .. s·T+T-1
             cu = torch.arange(0, (seqs + 1) * seq, seq, dtype=torch.int32, device=device)
         ctx = FusedContext(self._targets, gates.reshape(seqs, -1), meta.seq_view, cu,
-                           self.config.scaling, backends["dpmoe"])
+                           self.config.scaling, backends["dpmoe_linear"])
         shortcuts = self.shortcuts_for(seq, device.type)
         if "shared_first_qkv" in shortcuts and (not packed or device.type == "cpu"):
             # both views' first-layer input is view 0's rows twice (reading cu_seqlens[B]
@@ -291,5 +291,5 @@ class FusedL2Rec(L2RecBase):
             parts.append(exclude_ids.long())
         exclude = torch.cat(parts, dim=1)
         scores, ids = topk_items(query, table, k, exclude=exclude,
-                                 backend=_op_backends(self._backend)["topk"])
+                                 backend=_op_backends(self._backend)["topk_items"])
         return scores.to(z.dtype), ids

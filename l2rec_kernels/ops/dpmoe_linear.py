@@ -98,7 +98,7 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
     * per view run (CPU eager, the default there): rows come in runs of consecutive
       sequences of one view (FusedL2Rec stacks view-major: 2 runs). Each run shrinks and
       expands with its own view's experts only: x is still read once (runs are disjoint)
-      and the zero half of the concatenated product is skipped (bench/kernel_dpmoe.py
+      and the zero half of the concatenated product is skipped (bench/kernel_dpmoe_linear.py
       times both strategies).
       Finding the runs reads seq_view and cu_seqlens on the host, free for CPU tensors.
 

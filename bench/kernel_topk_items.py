@@ -1,4 +1,4 @@
-"""Catalogue top-k timing: ``python bench/kernel_topk.py [--threads 2] [--batches 1,64,1024]``.
+"""Catalogue top-k timing: ``python bench/kernel_topk_items.py [--threads 2] [--batches 1,64,1024]``.
 
 Times, side by side in interleaved rounds (bench/_timing.py), the k best of N catalogue
 items for B queries (scores = q Eᵀ):
@@ -15,7 +15,7 @@ during one call minus the resident size before it; on CUDA the allocator's peak 
 was allocated. Queries rotate between calls; the catalogue (N·d values, far beyond any
 cache at full size) is shared.
 
-``python bench/latency.py --sections topk`` runs the sweep; this script takes its own sizes.
+``python bench/latency.py --sections topk_items`` runs the sweep; this script takes its own sizes.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def run_batches(cfg: RunConfig, num_items: int, dim: int, k: int, batches: list[
         provs = providers(queries, items[0], k, backends)
         large = batch * num_items >= 2**28  # a >1 GB score matrix: few repeats
         stats = interleaved(provs, cfg.device, **cfg.timing(rounds[1] if large else rounds[0], 1))
-        for row in stats_rows("topk", f"N={num_items} d={dim} k={k} B={batch}", stats,
+        for row in stats_rows("topk_items", f"N={num_items} d={dim} k={k} B={batch}", stats,
                               reference="mm_topk", floor="mm_only", dtype=cfg.dtype,
                               device=cfg.device, providers=provs if cfg.memory else None):
             emit(row)

@@ -1,4 +1,4 @@
-"""DPMoE linear timing: ``python bench/kernel_dpmoe.py [--threads 2] [--rounds 30] [--device cpu]``.
+"""DPMoE linear timing: ``python bench/kernel_dpmoe_linear.py [--threads 2] [--rounds 30] [--device cpu]``.
 
 Times, side by side in interleaved rounds (bench/_timing.py), one targeted linear of the
 stacked dual-view batch (2 views x B sequences x T tokens):
@@ -16,7 +16,7 @@ stacked dual-view batch (2 views x B sequences x T tokens):
                              (view, expert): gather the rows using it, x A^T B^T x gate,
                              scatter-add into the base output.
 
-``python bench/latency.py --sections dpmoe`` runs the sweep (``cases``); this script times
+``python bench/latency.py --sections dpmoe_linear`` runs the sweep (``cases``); this script times
 one shape given on the command line.
 """
 
@@ -188,7 +188,7 @@ def run_case(cfg: RunConfig, shape: DpmoeShape, dtype: torch.dtype, emit, rotate
                   f"{err:.2e} vs reference_einsum (tolerance {tol:g})", file=sys.stderr)
     stats = interleaved(provs, cfg.device, flush_cache=True,
                         **(timing or (cfg.timing(10, 2) if cfg.quick else cfg.timing(15, 3))))
-    for row in stats_rows("dpmoe", shape.label(), stats, reference="reference_einsum",
+    for row in stats_rows("dpmoe_linear", shape.label(), stats, reference="reference_einsum",
                           floor="plain_linear", dtype=dtype, device=cfg.device,
                           providers=provs if cfg.memory else None):
         emit(row)
