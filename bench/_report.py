@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import json
 import os
 import shlex
 import subprocess
@@ -23,7 +24,8 @@ import torch
 from _timing import device_name, peak_memory_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CSV_FIELDS = ["bench", "provider", "shape", "dtype", "device", "median_ms", "p20_ms", "p80_ms",
+CSV_FIELDS = ["bench", "provider", "shape", "x_name", "x_value", "config", "dtype", "device",
+              "median_ms", "p20_ms", "p80_ms",
               "peak_mem_mb", "tokens_per_s", "users_per_s", "speedup_vs_reference",
               "ratio_vs_floor", "torch", "triton", "git_sha", "date", "command"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -62,18 +64,23 @@ class RunConfig:
         return [self.dtype] + [d for d in extra if d != self.dtype]
 
 
-def stats_rows(bench: str, shape: str, stats: dict[str, dict], *, reference: str,
-               floor: str | None = None, dtype: torch.dtype | None = None,
+def stats_rows(bench: str, shape: str, stats: dict[str, dict], *, x: tuple[str, float],
+               config: dict, reference: str, floor: str | None = None,
+               dtype: torch.dtype | None = None,
                providers: dict[str, Callable[[], object]] | None = None,
                device: torch.device | None = None, extra: Callable[[str, dict], dict] | None = None
                ) -> list[dict]:
-    """One result row per provider of one case. ``providers``+``device``: measure peak memory
-    (one more call each); ``extra(name, stats)``: more columns (tokens/s, ...)."""
+    """One result row per provider of one case. ``shape`` is the human label; ``x`` (name,
+    value) is the quantity the case varies along (plots use it as their x axis) and
+    ``config`` every parameter of the case, stored as JSON, so nothing is parsed back out of
+    the label. ``providers``+``device``: measure peak memory (one more call each);
+    ``extra(name, stats)``: more columns (tokens/s, ...)."""
     ref_ms = stats[reference]["median"]
     floor_ms = stats[floor]["median"] if floor else None
     rows = []
     for name, s in stats.items():
-        row = {"bench": bench, "provider": name, "shape": shape, "median_ms": s["median"],
+        row = {"bench": bench, "provider": name, "shape": shape, "x_name": x[0], "x_value": x[1],
+               "config": json.dumps(config, sort_keys=True), "median_ms": s["median"],
                "p20_ms": s["p20"], "p80_ms": s["p80"],
                "speedup_vs_reference": ref_ms / s["median"],
                "ratio_vs_floor": s["median"] / floor_ms if floor_ms else ""}

@@ -188,7 +188,9 @@ def run_case(cfg: RunConfig, shape: DpmoeShape, dtype: torch.dtype, emit, rotate
                   f"{err:.2e} vs reference_einsum (tolerance {tol:g})", file=sys.stderr)
     stats = interleaved(provs, cfg.device, flush_cache=True,
                         **(timing or (cfg.timing(10, 2) if cfg.quick else cfg.timing(15, 3))))
-    for row in stats_rows("dpmoe_linear", shape.label(), stats, reference="reference_einsum",
+    for row in stats_rows("dpmoe_linear", shape.label(), stats, x=("rows", shape.rows),
+                          config={**dataclasses.asdict(shape), "rows": shape.rows},
+                          reference="reference_einsum",
                           floor="plain_linear", dtype=dtype, device=cfg.device,
                           providers=provs if cfg.memory else None):
         emit(row)

@@ -72,7 +72,8 @@ def run_case(cfg: RunConfig, shape: RouteShape, emit) -> None:
     number = calls_per_sample(provs["torch_softmax_topk"], cfg.device)
     stats = interleaved(provs, cfg.device, number=number,
                         **(cfg.timing(10, 2) if cfg.quick else cfg.timing(20, 3)))
-    for row in stats_rows("route", shape.label(), stats, reference="torch_softmax_topk",
+    for row in stats_rows("route", shape.label(), stats, x=("seqs", shape.seqs),
+                          config=dataclasses.asdict(shape), reference="torch_softmax_topk",
                           dtype=cfg.dtype, device=cfg.device,
                           providers=provs if cfg.memory and shape.seqs >= 2048 else None):
         emit(row)

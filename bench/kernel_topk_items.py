@@ -78,6 +78,8 @@ def run_batches(cfg: RunConfig, num_items: int, dim: int, k: int, batches: list[
         large = batch * num_items >= 2**28  # a >1 GB score matrix: few repeats
         stats = interleaved(provs, cfg.device, **cfg.timing(rounds[1] if large else rounds[0], 1))
         for row in stats_rows("topk_items", f"N={num_items} d={dim} k={k} B={batch}", stats,
+                              x=("batch", batch),
+                              config={"num_items": num_items, "dim": dim, "k": k, "batch": batch},
                               reference="mm_topk", floor="mm_only", dtype=cfg.dtype,
                               device=cfg.device, providers=provs if cfg.memory else None):
             emit(row)

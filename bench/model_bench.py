@@ -23,6 +23,7 @@ Inputs rotate between a few batches so caches don't flatter a provider.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -193,7 +194,8 @@ def cases(cfg: RunConfig, emit, fused_backends: tuple[str, ...]) -> list[Case]:
         stats = interleaved(providers, cfg.device, **timing)
         per_s = lambda name, s: {"tokens_per_s": tokens / s["median"] * 1e3,
                                  "users_per_s": users / s["median"] * 1e3}
-        for row in stats_rows("model", shape.label(users), stats, reference="L2Rec",
+        for row in stats_rows("model", shape.label(users), stats, x=("users", users),
+                              config={**dataclasses.asdict(shape), "users": users}, reference="L2Rec",
                               floor="plain_backbone_2B", dtype=cfg.dtype, extra=per_s,
                               providers=providers if cfg.memory else None, device=cfg.device):
             emit(row)

@@ -8,15 +8,16 @@ Writes PNGs named after the CSV (``<name>_...png``, next to it unless ``--out``)
 * ``<name>_<bench>_ms.png`` for each kernel bench (dpmoe_linear, route, topk_items): median ms per
   provider and shape (log scale; whiskers p20-p80).
 
-Needs matplotlib (the ``bench`` extra).
+The x axis and titles come from the CSV's ``x_name``/``x_value``/``config`` columns, never
+from parsing the ``shape`` label. Needs matplotlib (the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
-import re
 import sys
 import textwrap
 
@@ -35,9 +36,15 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def _users(shape: str) -> int:
-    m = re.search(r"\bB=(\d+)", shape)
-    return int(m.group(1)) if m else 0
+def _x(r: dict) -> float:
+    """The value a case varies along (users per batch for the model section)."""
+    return float(r["x_value"])
+
+
+def _config_without_x(r: dict) -> str:
+    """The case's parameters except the one on the x axis, as "name=value" pairs."""
+    config = json.loads(r["config"])
+    return " ".join(f"{k}={v}" for k, v in config.items() if k != r["x_name"])
 
 
 def _case(r: dict) -> str:
@@ -66,17 +73,17 @@ def _tight_below_suptitle(fig) -> None:
 def plot_model(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in _providers(rows):
-        pts = sorted((_users(r["shape"]), r) for r in rows if r["provider"] == name)
+        pts = sorted(((_x(r), r) for r in rows if r["provider"] == name), key=lambda p: p[0])
         xs = [u for u, _ in pts]
         ax.plot(xs, [r["median_ms"] for _, r in pts], marker="o", label=name)
         ax.fill_between(xs, [r["p20_ms"] for _, r in pts], [r["p80_ms"] for _, r in pts], alpha=0.2)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted({_users(r["shape"]) for r in rows}))
+    ax.set_xticks(sorted({_x(r) for r in rows}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("users per batch (B; the backbone sees 2B sequences)")
     ax.set_ylabel("median latency per forward (ms)")
-    shape = re.sub(r"\bB=\d+ ", "", rows[0]["shape"])
-    ax.set_title(_title(rows, f"model latency: {shape}, {rows[0]['dtype']}"), fontsize=9)
+    what = textwrap.fill(f"model latency: {_config_without_x(rows[0])}, {rows[0]['dtype']}", 110)
+    ax.set_title(_title(rows, what), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -142,11 +149,11 @@ def plot_speedup(by_bench: dict[str, list[dict]], path: str) -> None:
         ref = next((r["provider"] for r in rows if r["speedup_vs_reference"] == 1.0), "reference")
         if bench == "model":
             for name in _providers(rows):
-                pts = sorted((_users(r["shape"]), r["speedup_vs_reference"])
+                pts = sorted((_x(r), r["speedup_vs_reference"])
                              for r in rows if r["provider"] == name)
                 ax.plot([u for u, _ in pts], [s for _, s in pts], marker="o", label=name)
             ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted({_users(r["shape"]) for r in rows}))
+            ax.set_xticks(sorted({_x(r) for r in rows}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.set_xlabel("users per batch (B)")
             ax.set_ylabel(f"speedup over {ref}")
