@@ -13,7 +13,7 @@
 
 namespace l2rec {
 
-// ---- route_gates ---------------------------------------------------------------------
+// ---- route ---------------------------------------------------------------------------
 
 enum class FloatKind : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
@@ -21,7 +21,7 @@ enum class FloatKind : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 // largest logits (ties: lowest index) and renormalised; top_k <= 0 or >= experts = dense.
 // Both tensors are row-major [rows, experts] of `kind`. Returns nullptr on success, else
 // the CUDA error string of the launch.
-const char* launch_route_gates(const void* logits, void* gates, int64_t rows, int64_t experts,
+const char* launch_route(const void* logits, void* gates, int64_t rows, int64_t experts,
                                int64_t top_k, float temperature, FloatKind kind, void* stream);
 
 // ---- batch_metadata ------------------------------------------------------------------

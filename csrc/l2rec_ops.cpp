@@ -2,11 +2,11 @@
 // allocation and the launch on the current stream. The kernels live in the .cu files
 // behind l2rec_kernels.h; this file includes no CUDA header (see that header for why).
 //
-//   l2rec::route_gates(Tensor logits, int top_k, float temperature) -> Tensor
-//   l2rec::batch_metadata(Tensor attention_mask, int num_views) -> (Tensor x 7)
+//   l2rec_cuda::route(Tensor logits, int top_k, float temperature) -> Tensor
+//   l2rec_cuda::batch_metadata(Tensor attention_mask, int num_views) -> (Tensor x 7)
 //
 // Their fake (meta) implementations, for torch.compile, are Python functions in
-// l2rec_kernels/ops/_cuda_route.py, which the set_python_module call below points at.
+// l2rec_kernels/ops/_cuda_ext.py, which the set_python_module call below points at.
 #include <Python.h>  // first, as the Python C API asks
 
 #include <ATen/core/Tensor.h>
@@ -59,10 +59,10 @@ void check_cuda(const char* op, const char* name, const at::Tensor& t) {
               " (use backend='torch' for tensors on this device)");
 }
 
-// ---- route_gates ---------------------------------------------------------------------
+// ---- route ---------------------------------------------------------------------------
 
-at::Tensor route_gates(const at::Tensor& logits, int64_t top_k, double temperature) {
-  constexpr const char* op = "l2rec::route_gates";
+at::Tensor route(const at::Tensor& logits, int64_t top_k, double temperature) {
+  constexpr const char* op = "l2rec_cuda::route";
   TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-D [S, E], got ", logits.dim(),
               "-D with shape ", logits.sizes());
   const auto dtype = logits.scalar_type();
@@ -90,7 +90,7 @@ at::Tensor route_gates(const at::Tensor& logits, int64_t top_k, double temperatu
   at::Tensor gates = at::empty({rows, experts}, x.options());
   if (rows == 0) return gates;
   const c10::DeviceGuard guard(x.device());
-  const char* err = launch_route_gates(x.const_data_ptr(), gates.mutable_data_ptr(), rows,
+  const char* err = launch_route(x.const_data_ptr(), gates.mutable_data_ptr(), rows,
                                        experts, top_k, static_cast<float>(temperature), kind,
                                        current_stream(x.device()));
   TORCH_CHECK(err == nullptr, op, ": kernel launch failed: ", err);
@@ -103,7 +103,7 @@ using Metadata = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::
                             at::Tensor, at::Tensor>;
 
 Metadata batch_metadata(const at::Tensor& attention_mask, int64_t num_views) {
-  constexpr const char* op = "l2rec::batch_metadata";
+  constexpr const char* op = "l2rec_cuda::batch_metadata";
   TORCH_CHECK(attention_mask.dim() == 2, op, ": attention_mask must be 2-D [B, T], got ",
               attention_mask.dim(), "-D with shape ", attention_mask.sizes());
   const auto dtype = attention_mask.scalar_type();
@@ -157,40 +157,39 @@ Metadata batch_metadata(const at::Tensor& attention_mask, int64_t num_views) {
 }  // namespace
 }  // namespace l2rec
 
-// FRAGMENT, not TORCH_LIBRARY: other parts of the package define ops in the same `l2rec`
-// namespace from Python (l2rec::route, l2rec::dpmoe_linear), and only one
-// TORCH_LIBRARY (a "DEF" library) may exist per namespace; fragments compose with
-// Python's torch.library definitions whatever the import order.
-TORCH_LIBRARY_FRAGMENT(l2rec, m) {
+// A namespace of its own: the ops keep the names of the Python ops they serve (route,
+// batch_metadata) without meeting the Triton ops that Python defines in `l2rec`
+// (l2rec::route, l2rec::dpmoe_linear, l2rec::topk_items).
+TORCH_LIBRARY(l2rec_cuda, m) {
   // Where the Python fake impls of the ops below live; torch requires this for C++ ops
   // with a Python register_fake.
-  m.set_python_module("l2rec_kernels.ops._cuda_route");
-  m.def("route_gates(Tensor logits, int top_k, float temperature) -> Tensor");
+  m.set_python_module("l2rec_kernels.ops._cuda_ext");
+  m.def("route(Tensor logits, int top_k, float temperature) -> Tensor");
   m.def(
       "batch_metadata(Tensor attention_mask, int num_views) -> (Tensor position_ids, "
       "Tensor last_index, Tensor seq_lens, Tensor cu_seqlens, Tensor seq_view, "
       "Tensor packed_last_row, Tensor row_seq)");
 }
 
-TORCH_LIBRARY_IMPL(l2rec, CUDA, m) {
-  m.impl("route_gates", &l2rec::route_gates);
+TORCH_LIBRARY_IMPL(l2rec_cuda, CUDA, m) {
+  m.impl("route", &l2rec::route);
   m.impl("batch_metadata", &l2rec::batch_metadata);
 }
 
 // CPU tensors reach the same functions only to get the argument checks and then a clear
 // "must be a CUDA tensor" error, instead of the dispatcher's "could not run" message.
-TORCH_LIBRARY_IMPL(l2rec, CPU, m) {
-  m.impl("route_gates", &l2rec::route_gates);
+TORCH_LIBRARY_IMPL(l2rec_cuda, CPU, m) {
+  m.impl("route", &l2rec::route);
   m.impl("batch_metadata", &l2rec::batch_metadata);
 }
 
 // `import l2rec_kernels._C` loads this library, which runs the registrations above; the
-// module itself is empty (the ops are reached as torch.ops.l2rec.*). The init function's
+// module itself is empty (the ops are reached as torch.ops.l2rec_cuda.*). The init function's
 // name must match the module name `_C` that setup.py builds.
 static PyModuleDef l2rec_module = {
     PyModuleDef_HEAD_INIT,
     "_C",                                                     // m_name
-    "Compiled CUDA ops of l2rec-kernels (torch.ops.l2rec.*)",  // m_doc
+    "Compiled CUDA ops of l2rec-kernels (torch.ops.l2rec_cuda.*)",  // m_doc
     -1,                                                       // m_size
     nullptr,                                                  // m_methods
     nullptr,                                                  // m_slots

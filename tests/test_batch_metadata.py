@@ -273,11 +273,11 @@ def test_cuda_user_limit_and_stream():
 
 @pytest.mark.gpu
 def test_cuda_op_compiles_fullgraph():
-    from l2rec_kernels.ops import _cuda_route
+    from l2rec_kernels.ops import _cuda_ext
 
     torch._dynamo.reset()
     mask = make_mask(4, 10, "holes").cuda()
-    compiled = torch.compile(lambda m: _cuda_route.batch_metadata_cuda(m, 2), fullgraph=True)
+    compiled = torch.compile(lambda m: _cuda_ext.batch_metadata_cuda(m, 2), fullgraph=True)
     got = compiled(mask)
     expected = batch_metadata(mask, backend="torch")
     for name, tensor in zip(FIELDS, got):

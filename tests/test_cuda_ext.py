@@ -5,7 +5,7 @@
   library it just linked; elsewhere, where ``l2rec_kernels._C`` is installed): schemas,
   fake impls (tracing with fake tensors), and the C++ argument checks, which run before
   the device check and so surface on CPU tensors too.
-* On a GPU (marked ``gpu``): route_gates against a float64 reference and the torch path.
+* On a GPU (marked ``gpu``): the CUDA route against a float64 reference and the torch path.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_import_and_backend_info_without_extension():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import l2rec_kernels
-            import l2rec_kernels.ops._cuda_route
+            import l2rec_kernels.ops._cuda_ext
             import l2rec_kernels.ops.batch_metadata
             loaded_by_import = {EXT!r} in sys.modules
             info = l2rec_kernels.backend_info()
@@ -80,24 +80,24 @@ def ext():
 
 
 def test_schemas(ext):
-    from l2rec_kernels.ops import _cuda_route
+    from l2rec_kernels.ops import _cuda_ext
 
-    ops = _cuda_route.load_ops()
-    assert str(ops.route_gates.default._schema) == (
-        "l2rec::route_gates(Tensor logits, int top_k, float temperature) -> Tensor")
+    ops = _cuda_ext.load_ops()
+    assert str(ops.route.default._schema) == (
+        "l2rec_cuda::route(Tensor logits, int top_k, float temperature) -> Tensor")
     assert str(ops.batch_metadata.default._schema) == (
-        "l2rec::batch_metadata(Tensor attention_mask, int num_views) -> (Tensor position_ids, "
+        "l2rec_cuda::batch_metadata(Tensor attention_mask, int num_views) -> (Tensor position_ids, "
         "Tensor last_index, Tensor seq_lens, Tensor cu_seqlens, Tensor seq_view, "
         "Tensor packed_last_row, Tensor row_seq)")
 
 
 def test_fake_impls_on_meta_tensors(ext):
-    from l2rec_kernels.ops import _cuda_route
+    from l2rec_kernels.ops import _cuda_ext
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        gates = _cuda_route.route_cuda(torch.empty(7, 5, dtype=dtype, device="meta"), 2, 1.5)
+        gates = _cuda_ext.route_cuda(torch.empty(7, 5, dtype=dtype, device="meta"), 2, 1.5)
         assert gates.shape == (7, 5) and gates.dtype == dtype and gates.device.type == "meta"
-    outs = _cuda_route.batch_metadata_cuda(torch.empty(3, 11, dtype=torch.bool, device="meta"), 2)
+    outs = _cuda_ext.batch_metadata_cuda(torch.empty(3, 11, dtype=torch.bool, device="meta"), 2)
     shapes = [(tuple(t.shape), t.dtype) for t in outs]
     assert shapes == [((3, 11), torch.int64), ((3,), torch.int64), ((3,), torch.int32),
                       ((7,), torch.int32), ((6,), torch.int32), ((6,), torch.int64),
@@ -108,29 +108,29 @@ def test_ops_trace_symbolically(ext):
     """make_fx with symbolic shapes runs only the fake impls: what torch.compile needs."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from l2rec_kernels.ops import _cuda_route
+    from l2rec_kernels.ops import _cuda_ext
 
     def f(logits, mask):
-        return _cuda_route.route_cuda(logits, 2, 0.7), *_cuda_route.batch_metadata_cuda(mask, 2)
+        return _cuda_ext.route_cuda(logits, 2, 0.7), *_cuda_ext.batch_metadata_cuda(mask, 2)
 
     graph = make_fx(f, tracing_mode="symbolic")(torch.randn(6, 4), torch.ones(3, 9, dtype=torch.bool))
     targets = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
-    assert {"l2rec.route_gates.default", "l2rec.batch_metadata.default"} <= targets
+    assert {"l2rec_cuda.route.default", "l2rec_cuda.batch_metadata.default"} <= targets
 
 
 def test_ops_compile_fullgraph(ext):
     """torch.compile traces both wrappers into one graph (extension loading included); the
     graph then runs the CPU registration, which stops at the device check."""
-    from l2rec_kernels.ops import _cuda_route
+    from l2rec_kernels.ops import _cuda_ext
 
     torch._dynamo.reset()
-    route = torch.compile(lambda x: _cuda_route.route_cuda(x, 2, 1.3) * 2, backend="eager",
+    route = torch.compile(lambda x: _cuda_ext.route_cuda(x, 2, 1.3) * 2, backend="eager",
                           fullgraph=True)
-    with pytest.raises(RuntimeError, match="l2rec::route_gates: logits must be a CUDA tensor"):
+    with pytest.raises(RuntimeError, match="l2rec_cuda::route: logits must be a CUDA tensor"):
         route(torch.randn(4, 5))
-    meta = torch.compile(lambda m: _cuda_route.batch_metadata_cuda(m, 2)[3] + 1, backend="eager",
+    meta = torch.compile(lambda m: _cuda_ext.batch_metadata_cuda(m, 2)[3] + 1, backend="eager",
                          fullgraph=True)
-    with pytest.raises(RuntimeError, match="l2rec::batch_metadata: attention_mask must be a CUDA"):
+    with pytest.raises(RuntimeError, match="l2rec_cuda::batch_metadata: attention_mask must be a CUDA"):
         meta(torch.ones(3, 4, dtype=torch.bool))
 
 
@@ -149,11 +149,11 @@ ROUTE_ERRORS = [  # (logits, top_k, temperature, message)
 
 
 @pytest.mark.parametrize(("logits", "top_k", "temperature", "message"), ROUTE_ERRORS)
-def test_route_gates_checks(ext, logits, top_k, temperature, message):
-    from l2rec_kernels.ops import _cuda_route
+def test_cuda_route_checks(ext, logits, top_k, temperature, message):
+    from l2rec_kernels.ops import _cuda_ext
 
-    with pytest.raises(RuntimeError, match=f"l2rec::route_gates: {message}"):
-        _cuda_route.load_ops().route_gates(logits, top_k, temperature)
+    with pytest.raises(RuntimeError, match=f"l2rec_cuda::route: {message}"):
+        _cuda_ext.load_ops().route(logits, top_k, temperature)
 
 
 METADATA_ERRORS = [  # (mask, num_views, message)
@@ -172,28 +172,26 @@ METADATA_ERRORS = [  # (mask, num_views, message)
 
 @pytest.mark.parametrize(("mask", "num_views", "message"), METADATA_ERRORS)
 def test_batch_metadata_checks(ext, mask, num_views, message):
-    from l2rec_kernels.ops import _cuda_route
+    from l2rec_kernels.ops import _cuda_ext
 
-    with pytest.raises(RuntimeError, match=f"l2rec::batch_metadata: {message}"):
-        _cuda_route.load_ops().batch_metadata(mask, num_views)
+    with pytest.raises(RuntimeError, match=f"l2rec_cuda::batch_metadata: {message}"):
+        _cuda_ext.load_ops().batch_metadata(mask, num_views)
 
 
-def test_namespace_shared_with_python_ops(ext):
-    """The C++ TORCH_LIBRARY_FRAGMENT(l2rec) coexists with Python-defined l2rec ops (as
-    the triton route and dpmoe ops are defined)."""
+def test_own_namespace_beside_python_ops(ext):
+    """The extension's ops live in ``l2rec_cuda`` under the Python ops' names; the Triton
+    ``l2rec::route`` (where triton imports here) is a different op."""
+    from l2rec_kernels.ops import _cuda_ext
 
-    @torch.library.custom_op("l2rec::_cuda_ext_test_probe", mutates_args=())
-    def probe(x: torch.Tensor) -> torch.Tensor:
-        return x + 1
-
-    assert torch.equal(torch.ops.l2rec._cuda_ext_test_probe(torch.zeros(2)), torch.ones(2))
-    try:  # the package's own triton_op in the namespace, where it imports here
+    ops = _cuda_ext.load_ops()
+    assert hasattr(ops, "route") and hasattr(ops, "batch_metadata")
+    assert str(ops.route.default._schema).startswith("l2rec_cuda::route(")
+    try:
         import l2rec_kernels.ops._route_triton  # noqa: F401
     except ImportError:
         pass
     else:
-        assert hasattr(torch.ops.l2rec, "route")
-    assert hasattr(torch.ops.l2rec, "route_gates") and hasattr(torch.ops.l2rec, "batch_metadata")
+        assert torch.ops.l2rec.route.default is not ops.route.default
 
 
 # ---- on a GPU -------------------------------------------------------------------------
@@ -226,13 +224,13 @@ def _top_ks(experts):
 @pytest.mark.parametrize("dtype", list(TOLERANCES))
 @pytest.mark.parametrize(("rows", "experts"), ROUTE_SHAPES)
 @pytest.mark.parametrize("temperature", [1.0, 0.37, 2.5])
-def test_route_gates_matches_float64(dtype, rows, experts, temperature):
-    from l2rec_kernels.ops import _cuda_route
+def test_cuda_route_matches_float64(dtype, rows, experts, temperature):
+    from l2rec_kernels.ops import _cuda_ext
 
     logits = (torch.randn(rows, experts, device="cuda") * 3).to(dtype)
     rtol, atol = TOLERANCES[dtype]
     for top_k in _top_ks(experts):
-        got = _cuda_route.route_cuda(logits, top_k, temperature)
+        got = _cuda_ext.route_cuda(logits, top_k, temperature)
         assert got.dtype == dtype and got.shape == logits.shape
         expected = route_reference(logits, top_k, temperature)
         torch.testing.assert_close(got.double(), expected, rtol=rtol, atol=atol)
@@ -241,25 +239,25 @@ def test_route_gates_matches_float64(dtype, rows, experts, temperature):
 
 
 @pytest.mark.gpu
-def test_route_gates_ties_dense_spellings_and_strides():
-    from l2rec_kernels.ops import _cuda_route
+def test_cuda_route_ties_dense_spellings_and_strides():
+    from l2rec_kernels.ops import _cuda_ext
 
-    ops = _cuda_route.load_ops()
+    ops = _cuda_ext.load_ops()
     logits = torch.randint(-2, 3, (513, 9), device="cuda").float()  # many exact ties
     for top_k in (1, 2, 4, 8):
-        got = ops.route_gates(logits, top_k, 1.0)
+        got = ops.route(logits, top_k, 1.0)
         expected = route_reference(logits, top_k, 1.0)
         assert torch.equal(got != 0, expected != 0), top_k
         torch.testing.assert_close(got.double(), expected, rtol=3e-5, atol=1e-7)
-    dense = ops.route_gates(logits, 0, 0.5)
-    assert torch.equal(ops.route_gates(logits, -3, 0.5), dense)
-    assert torch.equal(ops.route_gates(logits, 9, 0.5), dense)
+    dense = ops.route(logits, 0, 0.5)
+    assert torch.equal(ops.route(logits, -3, 0.5), dense)
+    assert torch.equal(ops.route(logits, 9, 0.5), dense)
     # A non-contiguous input is made contiguous by the op.
     wide = torch.randn(40, 14, device="cuda")
-    torch.testing.assert_close(ops.route_gates(wide[:, ::2], 3, 1.0),
-                               ops.route_gates(wide[:, ::2].contiguous(), 3, 1.0))
+    torch.testing.assert_close(ops.route(wide[:, ::2], 3, 1.0),
+                               ops.route(wide[:, ::2].contiguous(), 3, 1.0))
     # Zero rows launch nothing and return an empty [0, E] tensor.
-    assert ops.route_gates(torch.empty(0, 4, device="cuda"), 2, 1.0).shape == (0, 4)
+    assert ops.route(torch.empty(0, 4, device="cuda"), 2, 1.0).shape == (0, 4)
 
 
 @pytest.mark.gpu
@@ -276,32 +274,32 @@ def test_route_cuda_backend_matches_torch_backend(dtype):
 
 @pytest.mark.gpu
 def test_cpp_checks_on_cuda_tensors():
-    from l2rec_kernels.ops import _cuda_route
+    from l2rec_kernels.ops import _cuda_ext
 
-    ops = _cuda_route.load_ops()
-    with pytest.raises(RuntimeError, match=r"l2rec::route_gates: logits must be 2-D"):
-        ops.route_gates(torch.randn(3, device="cuda"), 0, 1.0)
-    with pytest.raises(RuntimeError, match=r"l2rec::route_gates: top_k must be <= E = 4"):
-        ops.route_gates(torch.randn(3, 4, device="cuda"), 5, 1.0)
-    with pytest.raises(RuntimeError, match=r"l2rec::batch_metadata: attention_mask must have dtype"):
+    ops = _cuda_ext.load_ops()
+    with pytest.raises(RuntimeError, match=r"l2rec_cuda::route: logits must be 2-D"):
+        ops.route(torch.randn(3, device="cuda"), 0, 1.0)
+    with pytest.raises(RuntimeError, match=r"l2rec_cuda::route: top_k must be <= E = 4"):
+        ops.route(torch.randn(3, 4, device="cuda"), 5, 1.0)
+    with pytest.raises(RuntimeError, match=r"l2rec_cuda::batch_metadata: attention_mask must have dtype"):
         ops.batch_metadata(torch.ones(2, 3, device="cuda"), 2)
 
 
 @pytest.mark.gpu
-def test_route_gates_stream_and_compile():
-    from l2rec_kernels.ops import _cuda_route
+def test_cuda_route_stream_and_compile():
+    from l2rec_kernels.ops import _cuda_ext
 
     logits = torch.randn(64, 6, device="cuda")
     expected = route_reference(logits, 2, 1.3)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        got = _cuda_route.route_cuda(logits, 2, 1.3)
+        got = _cuda_ext.route_cuda(logits, 2, 1.3)
     stream.synchronize()
     torch.testing.assert_close(got.double(), expected, rtol=3e-5, atol=1e-7)
 
     torch._dynamo.reset()
-    compiled = torch.compile(lambda x: _cuda_route.route_cuda(x, 2, 1.3) * 2, fullgraph=True)
+    compiled = torch.compile(lambda x: _cuda_ext.route_cuda(x, 2, 1.3) * 2, fullgraph=True)
     torch.testing.assert_close(compiled(logits).double(), 2 * expected, rtol=3e-5, atol=1e-7)
 
 
@@ -309,7 +307,7 @@ def test_route_gates_stream_and_compile():
 def test_ops_capture_in_cuda_graph():
     """Both ops launch on the current (capturing) stream and never sync, so they record
     into a CUDA graph and replay with new inputs."""
-    from l2rec_kernels.ops import _cuda_route
+    from l2rec_kernels.ops import _cuda_ext
     from l2rec_kernels.ops.batch_metadata import batch_metadata
 
     logits = torch.randn(10, 5, device="cuda")
@@ -317,13 +315,13 @@ def test_ops_capture_in_cuda_graph():
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm up: extension load, fake registration
-        _cuda_route.route_cuda(logits, 2, 1.0)
-        _cuda_route.batch_metadata_cuda(mask, 2)
+        _cuda_ext.route_cuda(logits, 2, 1.0)
+        _cuda_ext.batch_metadata_cuda(mask, 2)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        gates = _cuda_route.route_cuda(logits, 2, 1.0)
-        meta = _cuda_route.batch_metadata_cuda(mask, 2)
+        gates = _cuda_ext.route_cuda(logits, 2, 1.0)
+        meta = _cuda_ext.batch_metadata_cuda(mask, 2)
     logits.copy_(torch.randn(10, 5, device="cuda"))
     mask.copy_(torch.rand(5, 13, device="cuda") < 0.3)
     graph.replay()

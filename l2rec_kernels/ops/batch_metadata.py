@@ -32,7 +32,7 @@ as attended on every backend. The 0/1 check runs for CPU tensors only: on a GPU 
 cost a device->host sync per forward, which this op exists to avoid.
 
 Backends: ``"torch"`` (plain aten ops, no host sync; the CPU default) and ``"cuda"`` (one
-launch of the compiled extension's ``l2rec::batch_metadata``, for at most
+launch of the compiled extension's ``l2rec_cuda::batch_metadata``, for at most
 ``CUDA_MAX_USERS`` users; ``"auto"`` falls back to torch above that).
 """
 
@@ -131,7 +131,7 @@ def batch_metadata(attention_mask: torch.Tensor, num_views: int = 2,
     if attention_mask.dtype != torch.bool and values_are_free(attention_mask):
         check_range("attention_mask", attention_mask, 0, 1)  # free on the host only
     if which == "cuda":
-        from . import _cuda_route  # the extension is loaded only when asked for
+        from . import _cuda_ext  # the extension is loaded only when asked for
 
-        return BatchMetadata(*_cuda_route.batch_metadata_cuda(attention_mask, num_views))
+        return BatchMetadata(*_cuda_ext.batch_metadata_cuda(attention_mask, num_views))
     return batch_metadata_torch(attention_mask, num_views)

@@ -110,6 +110,6 @@ def route(logits: torch.Tensor, top_k: int | None = None, temperature: float = 1
         from ._route_triton import route_triton
 
         return route_triton(logits, top_k, temperature)
-    from . import _cuda_route  # the compiled extension's wrapper; imported only when asked
+    from . import _cuda_ext  # the compiled extension's wrapper; imported only when asked
 
-    return _cuda_route.route_cuda(logits, top_k, temperature)
+    return _cuda_ext.route_cuda(logits, top_k, temperature)

@@ -49,7 +49,7 @@ __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
 
 template <typename T>
 __global__ void __launch_bounds__(kRouteThreads)
-    route_gates_kernel(const T* __restrict__ logits, T* __restrict__ gates, int64_t rows,
+    route_kernel(const T* __restrict__ logits, T* __restrict__ gates, int64_t rows,
                        int experts, int top_k, float temperature) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= rows) return;
@@ -103,7 +103,7 @@ template <typename T>
 cudaError_t launch_typed(const void* logits, void* gates, int64_t rows, int experts, int top_k,
                          float temperature, cudaStream_t stream) {
   const int64_t blocks = (rows + kRouteThreads - 1) / kRouteThreads;
-  route_gates_kernel<T><<<static_cast<unsigned>(blocks), kRouteThreads, 0, stream>>>(
+  route_kernel<T><<<static_cast<unsigned>(blocks), kRouteThreads, 0, stream>>>(
       static_cast<const T*>(logits), static_cast<T*>(gates), rows, experts, top_k,
       temperature);
   return cudaGetLastError();
@@ -111,7 +111,7 @@ cudaError_t launch_typed(const void* logits, void* gates, int64_t rows, int expe
 
 }  // namespace
 
-const char* launch_route_gates(const void* logits, void* gates, int64_t rows, int64_t experts,
+const char* launch_route(const void* logits, void* gates, int64_t rows, int64_t experts,
                                int64_t top_k, float temperature, FloatKind kind, void* stream) {
   if (rows == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);

@@ -1,9 +1,9 @@
-"""Python side of the compiled extension's ops (``csrc/``): the calls and their fake impls.
+"""The one Python module of the compiled extension (``csrc/``): its calls and fake impls.
 
 The extension defines, in C++ (``csrc/l2rec_ops.cpp``)::
 
-    l2rec::route_gates(Tensor logits, int top_k, float temperature) -> Tensor
-    l2rec::batch_metadata(Tensor attention_mask, int num_views)
+    l2rec_cuda::route(Tensor logits, int top_k, float temperature) -> Tensor
+    l2rec_cuda::batch_metadata(Tensor attention_mask, int num_views)
         -> (position_ids, last_index, seq_lens, cu_seqlens, seq_view, packed_last_row, row_seq)
 
 with CUDA kernels (and CPU registrations that only raise a clear error). This module
@@ -29,7 +29,7 @@ _lock = threading.Lock()
 _fakes_registered = False
 
 
-def _route_gates_fake(logits, top_k, temperature):
+def _route_fake(logits, top_k, temperature):
     torch._check(logits.dim() == 2, lambda: f"logits must be 2-D, got {logits.dim()}-D")
     return logits.new_empty(logits.shape)
 
@@ -56,8 +56,8 @@ def _register_fakes() -> None:
     with _lock:
         if _fakes_registered:
             return
-        torch.library.register_fake("l2rec::route_gates", _route_gates_fake)
-        torch.library.register_fake("l2rec::batch_metadata", _batch_metadata_fake)
+        torch.library.register_fake("l2rec_cuda::route", _route_fake)
+        torch.library.register_fake("l2rec_cuda::batch_metadata", _batch_metadata_fake)
         _fakes_registered = True
 
 
@@ -72,13 +72,13 @@ def _ensure_loaded() -> bool:
 
 
 def load_ops():
-    """``torch.ops.l2rec`` with the extension loaded and the fake impls registered.
+    """``torch.ops.l2rec_cuda`` with the extension loaded and the fake impls registered.
 
     Raises ``ImportError`` where the extension is not built (callers check
     ``_backend.cuda_ext_unavailable_reason`` first).
     """
     _ensure_loaded()
-    return torch.ops.l2rec
+    return torch.ops.l2rec_cuda
 
 
 def route_cuda(logits: torch.Tensor, top_k: int | None, temperature: float) -> torch.Tensor:
@@ -86,18 +86,18 @@ def route_cuda(logits: torch.Tensor, top_k: int | None, temperature: float) -> t
     ``l2rec_kernels.ops.route.route``. ``top_k`` None (or E) means dense."""
     k = 0 if top_k is None else int(top_k)
     _ensure_loaded()
-    return torch.ops.l2rec.route_gates(logits.contiguous(), k, float(temperature))
+    return torch.ops.l2rec_cuda.route(logits.contiguous(), k, float(temperature))
 
 
 def batch_metadata_cuda(attention_mask: torch.Tensor, num_views: int):
     """The seven metadata tensors in one launch (see ``ops.batch_metadata``); arguments
     already validated by ``l2rec_kernels.ops.batch_metadata.batch_metadata``."""
     _ensure_loaded()
-    return torch.ops.l2rec.batch_metadata(attention_mask.contiguous(), int(num_views))
+    return torch.ops.l2rec_cuda.batch_metadata(attention_mask.contiguous(), int(num_views))
 
 
 if _EXT_MODULE in sys.modules:
     # The extension was imported directly, and this module imported afterwards (e.g.
-    # following torch's "import l2rec_kernels.ops._cuda_route" hint for a missing fake
+    # following torch's "import l2rec_kernels.ops._cuda_ext" hint for a missing fake
     # impl, which the set_python_module call produces): make the fakes available now.
     _register_fakes()
