@@ -76,8 +76,7 @@ def check_finite(name: str, t: torch.Tensor) -> None:
 def check_exclude(name: str, exclude, *, rows: int, row_name: str, num_items: int,
                   device: torch.device) -> None:
     """An exclusion list: an integer [rows, X] tensor on ``device`` of item rows in
-    [-1, num_items - 1] (-1 = padding). The range is checked only for CPU tensors in eager
-    mode: on CUDA it would cost a host sync, under torch.compile a graph break."""
+    [-1, num_items - 1] (-1 = padding); the range is checked where ``values_are_free``."""
     check_int(name, exclude, ndim=2, device=device)
     if exclude.shape[0] != rows:
         raise ValueError(f"{name} must have shape [B={rows}, X] (one row per {row_name}), "

@@ -25,7 +25,8 @@ _RULES = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, "tools")
     import gpu_compile_check as g
-    good = {"target": "sm_90a", "kernel": "k", "case": "bf16 M=4096", "op": "dpmoe_linear",
+    good = {"target": "sm_90a", "kernel": "k", "case": "bf16 M=4096", "dtype": "bf16",
+            "op": "dpmoe_linear",
             "kwargs": {"BLOCK_M": 128}, "seconds": 1.0, "shared": 1000, "regs": 100,
             "stack": 0, "matrix": "HGMMA", "ldg_u16": 0, "ld128": 8, "lora_bytes": 16}
     variants = {
@@ -36,7 +37,7 @@ _RULES = textwrap.dedent("""
         "no_wgmma": {"matrix": "HMMA"},
         "scalar_lora": {"lora_bytes": 2},
         "error": {"error": "RuntimeError: boom"},
-        "fp32_no_wgmma": {"case": "fp32 M=4096", "matrix": "-"},
+        "fp32_no_wgmma": {"case": "fp32 M=4096", "dtype": "fp32", "matrix": "-"},
         "sm80_hmma": {"target": "sm_80", "matrix": "HMMA", "shared": 166912},
         "sm80_smem": {"target": "sm_80", "matrix": "HMMA", "shared": 166913},
         "topk_small_k_spill": {"op": "topk_items", "kwargs": {"LOG_K": 7}, "stack": 16},

@@ -267,6 +267,7 @@ def compile_case(target_name: str, case: Case, wanted: list[tuple]) -> list[dict
             return
         todo.discard(key)
         row = {"target": target_name, "kernel": kernel.fn.__name__, "case": case.label,
+               "dtype": case.params[0],
                "op": case.op, "config": _config_text(kwargs), "kwargs": dict(kwargs)}
         t0 = time.perf_counter()
         try:
@@ -334,8 +335,7 @@ def problems(row: dict) -> list[str]:
             found.append(f"spills: {row['stack']} B stack")
         elif row["op"] == "topk_items" and 2 ** kw["LOG_K"] <= 128:
             found.append(f"spills at K={2 ** kw['LOG_K']}: {row['stack']} B stack")
-    sixteen_bit = not row["case"].startswith("fp32")
-    if row["op"] == "dpmoe_linear" and sixteen_bit and row["target"] == "sm_90a":
+    if row["op"] == "dpmoe_linear" and row["dtype"] != "fp32" and row["target"] == "sm_90a":
         if kw["BLOCK_M"] >= 64 and row["matrix"] != "HGMMA":
             found.append(f"no wgmma (matrix instruction {row['matrix']})")
         if row["lora_bytes"] is not None and row["lora_bytes"] < 4:

@@ -61,6 +61,13 @@ _EMPTY = -(2**63)
 
 
 @triton.jit
+def _empty_keys(SHAPE: tl.constexpr):
+    """A tensor of the empty key INT64_MIN, built from an int32 so that no 64-bit literal has
+    to be typed by the frontend."""
+    return tl.full(SHAPE, -2147483648, tl.int32).to(tl.int64) << 32
+
+
+@triton.jit
 def _bit(ND: tl.constexpr, J: tl.constexpr):
     """0/1 along inner axis J of an ND-dim hypercube (broadcasts over the other axes)."""
     return tl.reshape(tl.arange(0, 2), [1] * (ND - J - 1) + [2] + [1] * J)
@@ -124,14 +131,13 @@ def _topk_slice_kernel(q_ptr, item_ptr, ex_ptr, part_ptr,
     # This program's K keys per query in the partials: the result, and for K wider than a
     # tile also the running best between merges.
     slot = part_ptr + rows[:, None] * part_stride + pid_s * K_PAD + tl.arange(0, K_PAD)[None, :]
-    # INT64_MIN built from an int32 so no 64-bit literal has to be typed by the frontend.
-    empty = tl.full([BLOCK_B, BLOCK_N], -2147483648, tl.int32).to(tl.int64) << 32
-    empty_best = tl.full([BLOCK_B, K_PAD], -2147483648, tl.int32).to(tl.int64) << 32
+    empty = _empty_keys([BLOCK_B, BLOCK_N])
+    empty_best = _empty_keys([BLOCK_B, K_PAD])
     if ON_CHIP:
         best = empty_best
     else:
         tl.store(slot, empty_best, mask=row_ok[:, None])
-        kth = tl.full([BLOCK_B], -2147483648, tl.int32).to(tl.int64) << 32
+        kth = _empty_keys([BLOCK_B])
     start = pid_s.to(tl.int64) * slice_items
     end = tl.minimum(start + slice_items, num_items)
     for n0 in range(start, end, BLOCK_N):
@@ -176,8 +182,8 @@ def _topk_slice_kernel(q_ptr, item_ptr, ex_ptr, part_ptr,
                 top = _row_top(keys, LOG_B, LOG_N, LOG_N, 0)  # the whole tile, ascending
                 row_ids = tl.arange(0, BLOCK_B)
                 last = (tl.arange(0, K_PAD // BLOCK_N) == K_PAD // BLOCK_N - 1)[:, None]
-                empty_row = tl.full([BLOCK_B], -2147483648, tl.int32).to(tl.int64) << 32
-                empty_blocks = tl.full([K_PAD // BLOCK_N, BLOCK_N], -2147483648, tl.int32).to(tl.int64) << 32
+                empty_row = _empty_keys([BLOCK_B])
+                empty_blocks = _empty_keys([K_PAD // BLOCK_N, BLOCK_N])
                 tl.debug_barrier()  # the previous merge's stores are visible to every thread
                 for r in range(0, BLOCK_B):
                     r_kth = tl.max(tl.where(row_ids == r, kth, empty_row), axis=0)
