@@ -6,24 +6,23 @@
 // torch path in l2rec_kernels/ops/batch_metadata.py defines the same values):
 //   position_ids [B, T]   cumsum(mask) - 1, clamped at 0
 //   last_index   [B]      index of the row's last attended token; 0 for an empty row
-//   seq_lens     [B]      attended tokens per user
 //   cu_seqlens   [V*B+1]  packed offsets
 //   seq_view     [V*B]    s / B
 //   packed_last_row [V*B] max(cu_seqlens[s+1] - 1, 0): the sequence's last packed row
 //                         (for an empty sequence the row before it, or 0: always a valid
 //                         row to gather from when any row exists)
-//   row_seq      [V*B*T]  the sequence of each packed row, -1 past the last packed row
 //
 // Design. cu_seqlens needs a prefix sum over all users, which every output that lives
-// in the packed layout depends on, and a grid-wide barrier would need a cooperative
-// launch. Instead every block recomputes the per-user counts and their prefix sum itself
-// (phases 1-2: it reads the whole mask, B*T elements, mostly from L2 after the first
-// block) and keeps them in shared memory; phase 3 then splits the outputs over the grid
-// with no communication between blocks. The grid is sized to the output volume and kept
-// small (kMaxBlocks), since each extra block repeats phases 1-2.
+// in the packed layout (cu_seqlens, packed_last_row) depends on, and a grid-wide barrier
+// would need a cooperative launch. Instead every block recomputes the per-user counts
+// and their prefix sum itself (phases 1-2: it reads the whole mask, B*T elements, mostly
+// from L2 after the first block) and keeps them in shared memory; phase 3 then splits
+// the outputs over the grid with no communication between blocks. The grid is sized to
+// the output volume and kept small (kMaxBlocks), since each extra block repeats phases
+// 1-2.
 // Limits (checked by the caller): B <= kMetadataMaxUsers (the shared-memory prefix) and
-// V*B*max(T,1) <= INT32_MAX (cu_seqlens and row_seq are int32, so every packed offset
-// and sequence index fits in 32 bits). Indexing into [B, T] is nonetheless done in int64.
+// V*B*max(T,1) <= INT32_MAX (cu_seqlens is int32, so every packed offset fits in
+// 32 bits). Indexing into [B, T] is nonetheless done in int64.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -120,10 +119,7 @@ __global__ void __launch_bounds__(kThreads)
       if (ballot != 0u) last = base + 31 - __clz(static_cast<int>(ballot));
       seen += __popc(ballot);
     }
-    if (lane == 0) {
-      out.last_index[b] = last;
-      out.seq_lens[b] = static_cast<int32_t>(seen);
-    }
+    if (lane == 0) out.last_index[b] = last;
   }
 
   // 3b. Per sequence: offsets, view and last packed row.
@@ -136,24 +132,14 @@ __global__ void __launch_bounds__(kThreads)
     out.packed_last_row[s] = end > 0 ? end - 1 : 0;
   }
   if (gthread == 0) out.cu_seqlens[seqs] = static_cast<int32_t>(views * total);
-
-  // 3c. Packed rows of each sequence, one warp per sequence (contiguous stores).
-  for (int64_t s = gwarp; s < seqs; s += nwarps) {
-    const int64_t v = s / users;
-    const int64_t b = s - v * users;
-    const int64_t start = v * total + offsets[b];
-    const int64_t len = offsets[b + 1] - offsets[b];
-    for (int64_t t = lane; t < len; t += 32) out.row_seq[start + t] = static_cast<int32_t>(s);
-  }
-  // 3d. Capacity past the last packed row (row_seq is sized for all-attended masks).
-  const int64_t capacity = seqs * tokens;
-  for (int64_t r = views * total + gthread; r < capacity; r += nthreads) out.row_seq[r] = -1;
 }
 
 template <typename M>
 cudaError_t launch_typed(const void* mask, int64_t users, int64_t tokens, int64_t views,
                          const MetadataOutputs& out, cudaStream_t stream) {
-  const int64_t work = (views + 1) * users * tokens;  // row_seq + position_ids elements
+  // Output elements: position_ids, last_index, then cu_seqlens, seq_view and
+  // packed_last_row per sequence.
+  const int64_t work = users * tokens + users + 3 * views * users + 1;
   int64_t blocks = (work + kWorkPerBlock - 1) / kWorkPerBlock;
   blocks = blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks);
   batch_metadata_kernel<M><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(

@@ -33,11 +33,9 @@ constexpr int64_t kMetadataMaxUsers = 8192;
 struct MetadataOutputs {
   int64_t* position_ids;     // [B, T]
   int64_t* last_index;       // [B]
-  int32_t* seq_lens;         // [B]
   int32_t* cu_seqlens;       // [V*B + 1]
   int32_t* seq_view;         // [V*B]
   int64_t* packed_last_row;  // [V*B]
-  int32_t* row_seq;          // [V*B*T]
 };
 
 // One launch: every output above from the row-major mask [users, tokens] whose elements

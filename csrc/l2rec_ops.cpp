@@ -3,7 +3,7 @@
 // behind l2rec_kernels.h; this file includes no CUDA header (see that header for why).
 //
 //   l2rec_cuda::route(Tensor logits, int top_k, float temperature) -> Tensor
-//   l2rec_cuda::batch_metadata(Tensor attention_mask, int num_views) -> (Tensor x 7)
+//   l2rec_cuda::batch_metadata(Tensor attention_mask, int num_views) -> (Tensor x 5)
 //
 // Their fake (meta) implementations, for torch.compile, are Python functions in
 // l2rec_kernels/ops/_cuda_ext.py, which the set_python_module call below points at.
@@ -99,8 +99,7 @@ at::Tensor route(const at::Tensor& logits, int64_t top_k, double temperature) {
 
 // ---- batch_metadata ------------------------------------------------------------------
 
-using Metadata = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                            at::Tensor, at::Tensor>;
+using Metadata = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 Metadata batch_metadata(const at::Tensor& attention_mask, int64_t num_views) {
   constexpr const char* op = "l2rec_cuda::batch_metadata";
@@ -120,7 +119,7 @@ Metadata batch_metadata(const at::Tensor& attention_mask, int64_t num_views) {
   // views * users * max(tokens, 1) <= INT32_MAX, written so that nothing can overflow.
   const int64_t per_view = users * (tokens > 0 ? tokens : 1);  // <= numel or users
   TORCH_CHECK(per_view == 0 || num_views <= kInt32Max / per_view, op,
-              ": num_views * B * T must be <= 2147483647 (cu_seqlens and row_seq are int32), "
+              ": num_views * B * T must be <= 2147483647 (cu_seqlens is int32), "
               "got num_views = ", num_views, ", B = ", users, ", T = ", tokens);
   check_cuda(op, "attention_mask", attention_mask);
 
@@ -130,20 +129,16 @@ Metadata batch_metadata(const at::Tensor& attention_mask, int64_t num_views) {
   const int64_t seqs = num_views * users;
   at::Tensor position_ids = at::empty({users, tokens}, i64);
   at::Tensor last_index = at::empty({users}, i64);
-  at::Tensor seq_lens = at::empty({users}, i32);
   at::Tensor cu_seqlens = at::empty({seqs + 1}, i32);
   at::Tensor seq_view = at::empty({seqs}, i32);
   at::Tensor packed_last_row = at::empty({seqs}, i64);
-  at::Tensor row_seq = at::empty({seqs * tokens}, i32);
 
   MetadataOutputs out{};
   out.position_ids = position_ids.mutable_data_ptr<int64_t>();
   out.last_index = last_index.mutable_data_ptr<int64_t>();
-  out.seq_lens = seq_lens.mutable_data_ptr<int32_t>();
   out.cu_seqlens = cu_seqlens.mutable_data_ptr<int32_t>();
   out.seq_view = seq_view.mutable_data_ptr<int32_t>();
   out.packed_last_row = packed_last_row.mutable_data_ptr<int64_t>();
-  out.row_seq = row_seq.mutable_data_ptr<int32_t>();
 
   // Launched even for B == 0: cu_seqlens = [0] is still to be written.
   const c10::DeviceGuard guard(mask.device());
@@ -151,7 +146,7 @@ Metadata batch_metadata(const at::Tensor& attention_mask, int64_t num_views) {
       mask.const_data_ptr(), static_cast<int>(mask.element_size()), users, tokens, num_views,
       out, current_stream(mask.device()));
   TORCH_CHECK(err == nullptr, op, ": kernel launch failed: ", err);
-  return {position_ids, last_index, seq_lens, cu_seqlens, seq_view, packed_last_row, row_seq};
+  return {position_ids, last_index, cu_seqlens, seq_view, packed_last_row};
 }
 
 }  // namespace
@@ -167,8 +162,7 @@ TORCH_LIBRARY(l2rec_cuda, m) {
   m.def("route(Tensor logits, int top_k, float temperature) -> Tensor");
   m.def(
       "batch_metadata(Tensor attention_mask, int num_views) -> (Tensor position_ids, "
-      "Tensor last_index, Tensor seq_lens, Tensor cu_seqlens, Tensor seq_view, "
-      "Tensor packed_last_row, Tensor row_seq)");
+      "Tensor last_index, Tensor cu_seqlens, Tensor seq_view, Tensor packed_last_row)");
 }
 
 TORCH_LIBRARY_IMPL(l2rec_cuda, CUDA, m) {

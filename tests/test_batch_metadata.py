@@ -15,17 +15,15 @@ from l2rec_kernels.ops.batch_metadata import (
 )
 
 FIELDS = BatchMetadata._fields
-DTYPES = {"position_ids": torch.int64, "last_index": torch.int64, "seq_lens": torch.int32,
-          "cu_seqlens": torch.int32, "seq_view": torch.int32, "packed_last_row": torch.int64,
-          "row_seq": torch.int32}
+DTYPES = {"position_ids": torch.int64, "last_index": torch.int64, "cu_seqlens": torch.int32,
+          "seq_view": torch.int32, "packed_last_row": torch.int64}
 
 
 def loop_reference(mask: torch.Tensor, views: int) -> dict[str, list]:
     """The documented semantics, one element at a time (independent of the aten path)."""
     rows = [[int(v) != 0 for v in row] for row in mask.tolist()]
     users = len(rows)
-    tokens = mask.shape[1]
-    position_ids, last_index, seq_lens = [], [], []
+    position_ids, last_index, lengths = [], [], []
     for row in rows:
         seen, pos, last = 0, [], 0
         for t, on in enumerate(row):
@@ -35,18 +33,15 @@ def loop_reference(mask: torch.Tensor, views: int) -> dict[str, list]:
                 last = t
         position_ids.append(pos)
         last_index.append(last)
-        seq_lens.append(seen)
-    cu_seqlens, seq_view, packed_last_row, row_seq = [0], [], [], []
+        lengths.append(seen)
+    cu_seqlens, seq_view, packed_last_row = [0], [], []
     for s in range(views * users):
         v, b = divmod(s, users)
-        row_seq += [s] * seq_lens[b]
-        cu_seqlens.append(cu_seqlens[-1] + seq_lens[b])
+        cu_seqlens.append(cu_seqlens[-1] + lengths[b])
         seq_view.append(v)
         packed_last_row.append(max(cu_seqlens[-1] - 1, 0))
-    row_seq += [-1] * (views * users * tokens - len(row_seq))
-    return {"position_ids": position_ids, "last_index": last_index, "seq_lens": seq_lens,
-            "cu_seqlens": cu_seqlens, "seq_view": seq_view, "packed_last_row": packed_last_row,
-            "row_seq": row_seq}
+    return {"position_ids": position_ids, "last_index": last_index, "cu_seqlens": cu_seqlens,
+            "seq_view": seq_view, "packed_last_row": packed_last_row}
 
 
 def make_mask(users: int, tokens: int, padding: str, *, empty_rows=(), gen=None) -> torch.Tensor:
@@ -125,7 +120,6 @@ def test_positions_match_reference_model_and_padding_side():
     meta_left = batch_metadata(left)
     assert torch.equal(meta_left.position_ids[left], meta.position_ids[right])
     assert torch.equal(meta_left.cu_seqlens, meta.cu_seqlens)
-    assert torch.equal(meta_left.row_seq, meta.row_seq)
     assert torch.equal(meta_left.last_index, torch.full_like(lengths, right.shape[1] - 1))
 
 
@@ -138,9 +132,6 @@ def test_packed_layout_gathers_last_tokens():
     packed = tokens.repeat(views, 1)[mask.repeat(views, 1)]
     last_padded = tokens.gather(1, meta.last_index[:, None])[:, 0]
     assert torch.equal(packed[meta.packed_last_row], last_padded.repeat(views))
-    seq_of_row = meta.row_seq[: packed.numel()]
-    assert torch.equal(seq_of_row.long(), torch.repeat_interleave(
-        torch.arange(views * 6), meta.seq_lens.repeat(views).long()))
 
 
 def test_torch_path_traces_without_host_sync():
@@ -204,9 +195,9 @@ def _fill_cache_with_garbage(device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("views", [1, 2, 3])
 @pytest.mark.parametrize(("users", "tokens", "padding", "empty"), GPU_CASES)
-def test_cuda_matches_torch(users, tokens, padding, empty, views):
+def test_cuda_matches_torch(users, tokens, padding, empty, views, device):
     gen = torch.Generator().manual_seed(users + tokens)
-    mask = make_mask(users, tokens, padding, empty_rows=empty, gen=gen).cuda()
+    mask = make_mask(users, tokens, padding, empty_rows=empty, gen=gen).to(device)
     expected = batch_metadata(mask, num_views=views, backend="torch")
     _fill_cache_with_garbage(mask.device)
     got = batch_metadata(mask, num_views=views, backend="cuda")
@@ -220,10 +211,10 @@ def test_cuda_matches_torch(users, tokens, padding, empty, views):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", MASK_DTYPES)
-def test_cuda_mask_dtypes_and_strides(dtype):
-    mask = make_mask(7, 19, "holes", empty_rows=(3,)).cuda()
+def test_cuda_mask_dtypes_and_strides(dtype, device):
+    mask = make_mask(7, 19, "holes", empty_rows=(3,)).to(device)
     expected = batch_metadata(mask, backend="torch")
-    wide = torch.zeros(19, 14, dtype=dtype, device="cuda")  # a transposed, strided view
+    wide = torch.zeros(19, 14, dtype=dtype, device=device)  # a transposed, strided view
     wide[:, :7] = mask.T.to(dtype)
     got = batch_metadata(wide[:, :7].T, backend="cuda")
     for name in FIELDS:
@@ -232,8 +223,8 @@ def test_cuda_mask_dtypes_and_strides(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(("users", "tokens"), [(0, 5), (3, 0), (0, 0)])
-def test_cuda_empty_shapes(users, tokens):
-    mask = torch.zeros(users, tokens, dtype=torch.bool, device="cuda")
+def test_cuda_empty_shapes(users, tokens, device):
+    mask = torch.zeros(users, tokens, dtype=torch.bool, device=device)
     got = batch_metadata(mask, backend="cuda")
     expected = batch_metadata(mask, backend="torch")
     for name in FIELDS:
@@ -242,8 +233,8 @@ def test_cuda_empty_shapes(users, tokens):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch", "cuda"])
-def test_no_host_sync_on_gpu(backend):
-    mask = make_mask(6, 40, "mixed").cuda()
+def test_no_host_sync_on_gpu(backend, device):
+    mask = make_mask(6, 40, "mixed").to(device)
     batch_metadata(mask, backend=backend)  # warm up: imports, extension load
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -254,29 +245,30 @@ def test_no_host_sync_on_gpu(backend):
 
 
 @pytest.mark.gpu
-def test_cuda_user_limit_and_stream():
-    mask = make_mask(CUDA_MAX_USERS + 1, 2, "right").cuda()
+def test_cuda_user_limit_and_stream(device):
+    mask = make_mask(CUDA_MAX_USERS + 1, 2, "right").to(device)
     with pytest.raises(ValueError, match=f"at most {CUDA_MAX_USERS} rows"):
         batch_metadata(mask, backend="cuda")
     auto = batch_metadata(mask, backend="auto")  # falls back to the torch path
     assert torch.equal(auto.cu_seqlens, batch_metadata(mask, backend="torch").cu_seqlens)
     # Runs on the caller's current stream.
-    small = make_mask(5, 9, "mixed").cuda()
+    small = make_mask(5, 9, "mixed").to(device)
     expected = batch_metadata(small, backend="torch")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         got = batch_metadata(small, backend="cuda")
     stream.synchronize()
-    assert torch.equal(got.row_seq, expected.row_seq)
+    for name in FIELDS:
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
 
 
 @pytest.mark.gpu
-def test_cuda_op_compiles_fullgraph():
+def test_cuda_op_compiles_fullgraph(device):
     from l2rec_kernels.ops import _cuda_ext
 
     torch._dynamo.reset()
-    mask = make_mask(4, 10, "holes").cuda()
+    mask = make_mask(4, 10, "holes").to(device)
     compiled = torch.compile(lambda m: _cuda_ext.batch_metadata_cuda(m, 2), fullgraph=True)
     got = compiled(mask)
     expected = batch_metadata(mask, backend="torch")

@@ -87,8 +87,7 @@ def test_schemas(ext):
         "l2rec_cuda::route(Tensor logits, int top_k, float temperature) -> Tensor")
     assert str(ops.batch_metadata.default._schema) == (
         "l2rec_cuda::batch_metadata(Tensor attention_mask, int num_views) -> (Tensor position_ids, "
-        "Tensor last_index, Tensor seq_lens, Tensor cu_seqlens, Tensor seq_view, "
-        "Tensor packed_last_row, Tensor row_seq)")
+        "Tensor last_index, Tensor cu_seqlens, Tensor seq_view, Tensor packed_last_row)")
 
 
 def test_fake_impls_on_meta_tensors(ext):
@@ -99,9 +98,8 @@ def test_fake_impls_on_meta_tensors(ext):
         assert gates.shape == (7, 5) and gates.dtype == dtype and gates.device.type == "meta"
     outs = _cuda_ext.batch_metadata_cuda(torch.empty(3, 11, dtype=torch.bool, device="meta"), 2)
     shapes = [(tuple(t.shape), t.dtype) for t in outs]
-    assert shapes == [((3, 11), torch.int64), ((3,), torch.int64), ((3,), torch.int32),
-                      ((7,), torch.int32), ((6,), torch.int32), ((6,), torch.int64),
-                      ((66,), torch.int32)]
+    assert shapes == [((3, 11), torch.int64), ((3,), torch.int64), ((7,), torch.int32),
+                      ((6,), torch.int32), ((6,), torch.int64)]
 
 
 def test_ops_trace_symbolically(ext):
@@ -128,7 +126,7 @@ def test_ops_compile_fullgraph(ext):
                           fullgraph=True)
     with pytest.raises(RuntimeError, match="l2rec_cuda::route: logits must be a CUDA tensor"):
         route(torch.randn(4, 5))
-    meta = torch.compile(lambda m: _cuda_ext.batch_metadata_cuda(m, 2)[3] + 1, backend="eager",
+    meta = torch.compile(lambda m: _cuda_ext.batch_metadata_cuda(m, 2)[2] + 1, backend="eager",
                          fullgraph=True)
     with pytest.raises(RuntimeError, match="l2rec_cuda::batch_metadata: attention_mask must be a CUDA"):
         meta(torch.ones(3, 4, dtype=torch.bool))
@@ -224,10 +222,10 @@ def _top_ks(experts):
 @pytest.mark.parametrize("dtype", list(TOLERANCES))
 @pytest.mark.parametrize(("rows", "experts"), ROUTE_SHAPES)
 @pytest.mark.parametrize("temperature", [1.0, 0.37, 2.5])
-def test_cuda_route_matches_float64(dtype, rows, experts, temperature):
+def test_cuda_route_matches_float64(dtype, rows, experts, temperature, device):
     from l2rec_kernels.ops import _cuda_ext
 
-    logits = (torch.randn(rows, experts, device="cuda") * 3).to(dtype)
+    logits = (torch.randn(rows, experts, device=device) * 3).to(dtype)
     rtol, atol = TOLERANCES[dtype]
     for top_k in _top_ks(experts):
         got = _cuda_ext.route_cuda(logits, top_k, temperature)
@@ -239,11 +237,11 @@ def test_cuda_route_matches_float64(dtype, rows, experts, temperature):
 
 
 @pytest.mark.gpu
-def test_cuda_route_ties_dense_spellings_and_strides():
+def test_cuda_route_ties_dense_spellings_and_strides(device):
     from l2rec_kernels.ops import _cuda_ext
 
     ops = _cuda_ext.load_ops()
-    logits = torch.randint(-2, 3, (513, 9), device="cuda").float()  # many exact ties
+    logits = torch.randint(-2, 3, (513, 9), device=device).float()  # many exact ties
     for top_k in (1, 2, 4, 8):
         got = ops.route(logits, top_k, 1.0)
         expected = route_reference(logits, top_k, 1.0)
@@ -253,18 +251,18 @@ def test_cuda_route_ties_dense_spellings_and_strides():
     assert torch.equal(ops.route(logits, -3, 0.5), dense)
     assert torch.equal(ops.route(logits, 9, 0.5), dense)
     # A non-contiguous input is made contiguous by the op.
-    wide = torch.randn(40, 14, device="cuda")
+    wide = torch.randn(40, 14, device=device)
     torch.testing.assert_close(ops.route(wide[:, ::2], 3, 1.0),
                                ops.route(wide[:, ::2].contiguous(), 3, 1.0))
     # Zero rows launch nothing and return an empty [0, E] tensor.
-    assert ops.route(torch.empty(0, 4, device="cuda"), 2, 1.0).shape == (0, 4)
+    assert ops.route(torch.empty(0, 4, device=device), 2, 1.0).shape == (0, 4)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", list(TOLERANCES))
-def test_route_cuda_backend_matches_torch_backend(dtype):
+def test_route_cuda_backend_matches_torch_backend(dtype, device):
     route_mod = pytest.importorskip("l2rec_kernels.ops.route")
-    logits = torch.randn(2 * 21, 5, device="cuda").to(dtype)
+    logits = torch.randn(2 * 21, 5, device=device).to(dtype)
     rtol, atol = TOLERANCES[dtype]
     for top_k in (None, 1, 3, 5):
         got = route_mod.route(logits, top_k=top_k, temperature=0.8, backend="cuda")
@@ -273,23 +271,23 @@ def test_route_cuda_backend_matches_torch_backend(dtype):
 
 
 @pytest.mark.gpu
-def test_cpp_checks_on_cuda_tensors():
+def test_cpp_checks_on_cuda_tensors(device):
     from l2rec_kernels.ops import _cuda_ext
 
     ops = _cuda_ext.load_ops()
     with pytest.raises(RuntimeError, match=r"l2rec_cuda::route: logits must be 2-D"):
-        ops.route(torch.randn(3, device="cuda"), 0, 1.0)
+        ops.route(torch.randn(3, device=device), 0, 1.0)
     with pytest.raises(RuntimeError, match=r"l2rec_cuda::route: top_k must be <= E = 4"):
-        ops.route(torch.randn(3, 4, device="cuda"), 5, 1.0)
+        ops.route(torch.randn(3, 4, device=device), 5, 1.0)
     with pytest.raises(RuntimeError, match=r"l2rec_cuda::batch_metadata: attention_mask must have dtype"):
-        ops.batch_metadata(torch.ones(2, 3, device="cuda"), 2)
+        ops.batch_metadata(torch.ones(2, 3, device=device), 2)
 
 
 @pytest.mark.gpu
-def test_cuda_route_stream_and_compile():
+def test_cuda_route_stream_and_compile(device):
     from l2rec_kernels.ops import _cuda_ext
 
-    logits = torch.randn(64, 6, device="cuda")
+    logits = torch.randn(64, 6, device=device)
     expected = route_reference(logits, 2, 1.3)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -304,14 +302,14 @@ def test_cuda_route_stream_and_compile():
 
 
 @pytest.mark.gpu
-def test_ops_capture_in_cuda_graph():
+def test_ops_capture_in_cuda_graph(device):
     """Both ops launch on the current (capturing) stream and never sync, so they record
     into a CUDA graph and replay with new inputs."""
     from l2rec_kernels.ops import _cuda_ext
     from l2rec_kernels.ops.batch_metadata import batch_metadata
 
-    logits = torch.randn(10, 5, device="cuda")
-    mask = torch.rand(5, 13, device="cuda") < 0.7
+    logits = torch.randn(10, 5, device=device)
+    mask = torch.rand(5, 13, device=device) < 0.7
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm up: extension load, fake registration
@@ -322,8 +320,8 @@ def test_ops_capture_in_cuda_graph():
     with torch.cuda.graph(graph):
         gates = _cuda_ext.route_cuda(logits, 2, 1.0)
         meta = _cuda_ext.batch_metadata_cuda(mask, 2)
-    logits.copy_(torch.randn(10, 5, device="cuda"))
-    mask.copy_(torch.rand(5, 13, device="cuda") < 0.3)
+    logits.copy_(torch.randn(10, 5, device=device))
+    mask.copy_(torch.rand(5, 13, device=device) < 0.3)
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(gates.double(), route_reference(logits, 2, 1.0), rtol=3e-5, atol=1e-7)

@@ -4,7 +4,7 @@ The extension defines, in C++ (``csrc/l2rec_ops.cpp``)::
 
     l2rec_cuda::route(Tensor logits, int top_k, float temperature) -> Tensor
     l2rec_cuda::batch_metadata(Tensor attention_mask, int num_views)
-        -> (position_ids, last_index, seq_lens, cu_seqlens, seq_view, packed_last_row, row_seq)
+        -> (position_ids, last_index, cu_seqlens, seq_view, packed_last_row)
 
 with CUDA kernels (and CPU registrations that only raise a clear error). This module
 holds their fake impls, so ``torch.compile`` can trace them; the C++ side names this
@@ -44,9 +44,8 @@ def _batch_metadata_fake(attention_mask, num_views):
         return attention_mask.new_empty(size, dtype=dtype)
 
     return (new((users, tokens), torch.int64), new((users,), torch.int64),
-            new((users,), torch.int32), new((seqs + 1,), torch.int32),
-            new((seqs,), torch.int32), new((seqs,), torch.int64),
-            new((seqs * tokens,), torch.int32))
+            new((seqs + 1,), torch.int32), new((seqs,), torch.int32),
+            new((seqs,), torch.int64))
 
 
 def _register_fakes() -> None:
@@ -90,7 +89,7 @@ def route_cuda(logits: torch.Tensor, top_k: int | None, temperature: float) -> t
 
 
 def batch_metadata_cuda(attention_mask: torch.Tensor, num_views: int):
-    """The seven metadata tensors in one launch (see ``ops.batch_metadata``); arguments
+    """The five metadata tensors in one launch (see ``ops.batch_metadata``); arguments
     already validated by ``l2rec_kernels.ops.batch_metadata.batch_metadata``."""
     _ensure_loaded()
     return torch.ops.l2rec_cuda.batch_metadata(attention_mask.contiguous(), int(num_views))

@@ -16,15 +16,13 @@ position_ids       [B, T] i64   ``cumsum(mask) - 1`` clamped at 0 (= the referen
                                 first attended token).
 last_index         [B] i64      index in the padded row of the last attended token;
                                 **0 for an all-padding row** (a valid index to gather).
-seq_lens           [B] i32      attended tokens per user.
-cu_seqlens         [V·B+1] i32  packed offsets; sequence ``s`` has ``seq_lens[s % B]`` rows.
+cu_seqlens         [V·B+1] i32  packed offsets; sequence ``s`` has as many rows as user
+                                ``s % B`` has attended tokens.
 seq_view           [V·B] i32    ``s // B``: the view of each sequence.
 packed_last_row    [V·B] i64    ``max(cu_seqlens[s+1] - 1, 0)``: the sequence's last row in
                                 the packed layout; **for an empty sequence, the row before
                                 it (or 0)**, so gathering with it never goes out of bounds
                                 while any packed row exists. Its value there is meaningless.
-row_seq            [V·B·T] i32  the sequence of each packed row, ``-1`` after the last one;
-                                sized for an all-attended mask so no host sync sizes it.
 =================  ===========  ==========================================================
 
 ``attention_mask`` may be bool or any integer dtype holding 0/1. Any nonzero value counts
@@ -47,7 +45,7 @@ from .._backend import resolve_backend_traceable
 from .._validation import check_range, check_tensor, values_are_free
 
 MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-# cu_seqlens and row_seq are int32, so the packed capacity V·B·T must fit in int32.
+# cu_seqlens is int32, so the packed capacity V·B·T must fit in int32.
 MAX_PACKED_ROWS = 2**31 - 1
 # Users one launch of the CUDA kernel handles (csrc/l2rec_kernels.h, kMetadataMaxUsers):
 # each block keeps every user's offset in shared memory.
@@ -59,11 +57,9 @@ class BatchMetadata(NamedTuple):
 
     position_ids: torch.Tensor
     last_index: torch.Tensor
-    seq_lens: torch.Tensor
     cu_seqlens: torch.Tensor
     seq_view: torch.Tensor
     packed_last_row: torch.Tensor
-    row_seq: torch.Tensor
 
 
 def _check_num_views(num_views) -> int:
@@ -79,29 +75,21 @@ def batch_metadata_torch(attention_mask: torch.Tensor, num_views: int) -> BatchM
     shape, so it never reads a value back to the host (and traces into one graph)."""
     users, tokens = attention_mask.shape
     device = attention_mask.device
-    seqs = num_views * users
     on = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
 
     position_ids = (on.long().cumsum(-1) - 1).clamp_min(0)
-    seq_lens = on.sum(-1, dtype=torch.int32)
+    lengths = on.sum(-1, dtype=torch.int32)
     if tokens > 0:
         index = torch.arange(tokens, device=device)
         last_index = torch.where(on, index, -1).amax(-1).clamp_min(0)
     else:  # amax has no identity over an empty dimension
         last_index = torch.zeros(users, dtype=torch.int64, device=device)
 
-    ends = torch.cumsum(seq_lens.repeat(num_views), 0, dtype=torch.int32)
+    ends = torch.cumsum(lengths.repeat(num_views), 0, dtype=torch.int32)
     cu_seqlens = torch.cat([ends.new_zeros(1), ends])
     seq_view = torch.arange(num_views, dtype=torch.int32, device=device).repeat_interleave(users)
     packed_last_row = (ends.long() - 1).clamp_min(0)
-
-    # Packed row r belongs to the sequence whose [start, end) holds it: the number of
-    # sequence ends <= r (empty sequences before it are counted and own no row).
-    rows = torch.arange(seqs * tokens, dtype=torch.int32, device=device)
-    row_seq = torch.searchsorted(ends, rows, right=True, out_int32=True)
-    row_seq = torch.where(rows < cu_seqlens[-1], row_seq, -1)
-    return BatchMetadata(position_ids, last_index, seq_lens, cu_seqlens, seq_view,
-                         packed_last_row, row_seq)
+    return BatchMetadata(position_ids, last_index, cu_seqlens, seq_view, packed_last_row)
 
 
 def batch_metadata(attention_mask: torch.Tensor, num_views: int = 2,
@@ -118,7 +106,7 @@ def batch_metadata(attention_mask: torch.Tensor, num_views: int = 2,
     users, tokens = attention_mask.shape
     if num_views * users * max(tokens, 1) > MAX_PACKED_ROWS:
         raise ValueError(
-            f"num_views * B * T must be <= {MAX_PACKED_ROWS} (cu_seqlens and row_seq are int32), "
+            f"num_views * B * T must be <= {MAX_PACKED_ROWS} (cu_seqlens is int32), "
             f"got num_views={num_views}, attention_mask shape {tuple(attention_mask.shape)}")
     which = resolve_backend_traceable(backend, attention_mask.device.type, "batch_metadata",
                                       ("cuda", "torch"))
