@@ -1,11 +1,20 @@
-"""What every benchmark section shares: run settings, result rows, progress, table, CSV.
+"""What every benchmark section shares: run settings, sizes, result rows, progress, table, CSV.
 
-A section (``model_bench.run``, ``kernel_dpmoe_linear.run``, ``kernel_route.run``,
-``kernel_topk_items.run``) gets a ``RunConfig`` and an ``emit`` callback, builds its list of
-cases (one per shape), times each case's providers side by side with
-``_timing.interleaved`` and emits one row per provider through ``stats_rows``: median and
-p20/p80 ms, peak memory, the speedup over the case's reference provider and the ratio to
-its floor provider (the plain work with no personalisation), when it has one.
+A section is a library module that bench/latency.py (the one front end) drives through
+three names:
+
+* ``AXES``: ``{axis: Axis}``, the sizes a user may choose with
+  ``latency.py --set SECTION.AXIS=V1,V2,...``;
+* ``default_sizes(cfg)``: ``{axis: [values]}`` the section runs with when no ``--set``
+  names it (and the values of the axes a ``--set`` leaves alone);
+* ``cases(cfg, emit, sizes=None)``: its list of ``Case`` (one per shape); ``sizes`` holds
+  the ``--set`` values of the section. Each case times its providers side by side with
+  ``_timing.interleaved`` and emits one row per provider through ``stats_rows``: median and
+  p20/p80 ms, peak memory, the speedup over the case's reference provider and the ratio to
+  its floor provider (the plain work with no personalisation), when it has one.
+
+Sizes a section cannot run together (``k`` above the catalogue size, ``top_k`` above the
+experts) raise ``SizeError`` while the cases are built, before anything is timed.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import shlex
@@ -62,6 +72,51 @@ class RunConfig:
             return [self.dtype]
         extra = [torch.float16, torch.float32] if self.cuda else [torch.bfloat16]
         return [self.dtype] + [d for d in extra if d != self.dtype]
+
+
+# ----------------------------------------------------------------------------- sizes
+class SizeError(ValueError):
+    """Sizes of a section that cannot run together; the message names the section and axes."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("expected an integer >= 1") from None
+    if value < 1:
+        raise ValueError("expected an integer >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number > 0") from None
+    if not 0 < value < float("inf"):
+        raise ValueError("expected a number > 0")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """A size of a section: ``parse`` turns one ``--set`` value into it (ValueError if it
+    can't), ``show`` writes it back (for --help and labels)."""
+
+    help: str
+    parse: Callable[[str], object] = positive_int
+    show: Callable[[object], str] = str
+
+
+def all_sizes(defaults: dict[str, list], sizes: dict[str, list] | None) -> dict[str, list]:
+    """The section's default values with the ``--set`` ones in their place."""
+    return {**defaults, **(sizes or {})}
+
+
+def grid(sizes: dict[str, list]) -> list[dict]:
+    """Every combination of the axes' values, ``{axis: value}``, the last axis varying fastest."""
+    return [dict(zip(sizes, combo)) for combo in itertools.product(*sizes.values())]
 
 
 def stats_rows(bench: str, shape: str, stats: dict[str, dict], *, x: tuple[str, float],

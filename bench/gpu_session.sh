@@ -28,10 +28,16 @@
 #                  latency_gpu_full_*.csv, *_speedup.png, *_{dpmoe_linear,route,topk_items}_ms.png   at most 8
 #   bench-model    bench/latency.py --sections model and its plots: bench-model.log,
 #                  latency_gpu_full_*.csv, *_model_latency.png, *_speedup.png   at most 6
+#   bench-custom   bench/latency.py $L2REC_BENCH_ARGS and its plots, for chosen sizes, e.g.
+#                  L2REC_BENCH_ARGS="--set topk_items.k=10,100,1000 --set topk_items.batch=1,4096"
+#                  (`python bench/latency.py --help` lists every SECTION.AXIS; a --set runs only
+#                  the sections it names): bench-custom.log, latency_gpu_full_*.csv, plots
+#                                          at most 8 unless it runs all four sections
 #   test, bench    test-kernels + test-models, bench-kernels + bench-model (as `all`: may need
 #                  more than one call's time and files)
-#   all            install and every stage above, one after another: for a machine with no
-#                  call limit (about 20 files; no time limit unless L2REC_CALL_LIMIT_S is set)
+#   all            install and every stage above but bench-custom, one after another: for a
+#                  machine with no call limit (about 20 files; no time limit unless
+#                  L2REC_CALL_LIMIT_S is set)
 #
 # Time: the run stops starting work L2REC_CALL_LIMIT_S seconds after it began (default 570,
 # i.e. inside a 10-minute call; 0 = no limit, the default for `all`): each stage's command
@@ -140,10 +146,11 @@ sanitize() {
     | head -10 | tee -a "$SUMMARY"
 }
 
-bench() {  # stage name, latency.py sections
-  local name=$1 sections=$2 csv
+bench() {  # stage name, then latency.py's arguments
+  local name=$1 csv
+  shift
   ensure_installed
-  run_stage "$name" "$PY" bench/latency.py --sections "$sections" --out "$OUT"
+  run_stage "$name" "$PY" bench/latency.py "$@" --out "$OUT"
   csv=$(sed -n 's/^# wrote //p' "$OUT/$name.log" 2>/dev/null | tail -n 1)
   if [ -n "$csv" ] && [ -f "$csv" ]; then
     "$PY" bench/plot.py "$csv" >> "$OUT/$name.log" 2>&1 || note "$name: plot failed ($name.log)"
@@ -155,10 +162,15 @@ bench() {  # stage name, latency.py sections
 for stage in "${STAGES[@]}"; do
   case "$stage" in
     install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench|all) ;;
-    *) echo "unknown stage $stage (install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench|all)"
+    bench-custom)
+      [ -n "${L2REC_BENCH_ARGS:-}" ] || {
+        echo "bench-custom needs L2REC_BENCH_ARGS, e.g. L2REC_BENCH_ARGS=\"--set topk_items.k=10,100,1000\""
+        exit 2; } ;;
+    *) echo "unknown stage $stage (install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench-custom|bench|all)"
        exit 2 ;;
   esac
 done
+read -r -a BENCH_ARGS <<< "${L2REC_BENCH_ARGS:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$SUMMARY"
 for stage in "${STAGES[@]}"; do
   case "$stage" in
@@ -167,11 +179,13 @@ for stage in "${STAGES[@]}"; do
     test-models) test_models ;;
     test) test_kernels; test_models ;;
     sanitize) sanitize ;;
-    bench-kernels) bench bench-kernels dpmoe_linear,route,topk_items ;;
-    bench-model) bench bench-model model ;;
-    bench) bench bench-kernels dpmoe_linear,route,topk_items; bench bench-model model ;;
+    bench-kernels) bench bench-kernels --sections dpmoe_linear,route,topk_items ;;
+    bench-model) bench bench-model --sections model ;;
+    bench-custom) bench bench-custom "${BENCH_ARGS[@]}" ;;
+    bench) bench bench-kernels --sections dpmoe_linear,route,topk_items
+           bench bench-model --sections model ;;
     all) install; test_kernels; test_models; sanitize
-         bench bench-kernels dpmoe_linear,route,topk_items; bench bench-model model ;;
+         bench bench-kernels --sections dpmoe_linear,route,topk_items; bench bench-model --sections model ;;
   esac
 done
 echo "==== summary ($SUMMARY; $(find "$OUT" -maxdepth 1 -type f | wc -l) files in $OUT)"

@@ -1,4 +1,4 @@
-"""DPMoE linear timing: ``python bench/kernel_dpmoe_linear.py [--threads 2] [--rounds 30] [--device cpu]``.
+"""The ``dpmoe_linear`` section of bench/latency.py (a library: no command line of its own).
 
 Times, side by side in interleaved rounds (bench/_timing.py), one targeted linear of the
 stacked dual-view batch (2 views x B sequences x T tokens):
@@ -16,20 +16,24 @@ stacked dual-view batch (2 views x B sequences x T tokens):
                              (view, expert): gather the rows using it, x A^T B^T x gate,
                              scatter-add into the base output.
 
-``python bench/latency.py --sections dpmoe_linear`` runs the sweep (``cases``); this script times
-one shape given on the command line.
+Shapes: ``CPU_SHAPE`` / ``GPU_SHAPE`` is the base (``--quick`` times it alone); a full run
+adds every other dtype at the base and then varies one axis at a time around it
+(``CPU_AXES`` / ``GPU_AXES``). ``--set dpmoe_linear.AXIS=V1,V2`` (axes: ``AXES``) runs
+instead every combination of the values given, the other axes at the base shape's, in
+``--dtype`` only; e.g. one custom shape:
+
+    python bench/latency.py --set dpmoe_linear.d_in=1024 --set dpmoe_linear.d_out=2816
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _report import DTYPES, Case, RunConfig, dtype_name, format_table, stats_rows
+from _report import Axis, Case, RunConfig, all_sizes, dtype_name, grid, stats_rows
 from _timing import Rotation, interleaved
 
 from l2rec_kernels._backend import triton_unavailable_reason
@@ -62,6 +66,15 @@ CPU_AXES = {"seqs_per_view": [4, 64], "d_in,d_out": [(1376, 512), (1024, 2816)],
             "experts": [2, 8], "rank": [4, 16]}
 GPU_AXES = {"seqs_per_view": [4, 64, 256], "d_in,d_out": [(4864, 896), (2048, 8192), (4096, 14336)],
             "experts": [2, 8, 16], "rank": [4, 16, 32]}
+# The sizes ``latency.py --set dpmoe_linear.AXIS=...`` chooses (DpmoeShape fields).
+AXES = {
+    "seqs_per_view": Axis("sequences per view (B); the linear sees M = 2 x B x seq_len rows"),
+    "seq_len": Axis("tokens per sequence (T)"),
+    "d_in": Axis("input features of the linear"),
+    "d_out": Axis("output features of the linear"),
+    "experts": Axis("experts per view (E)"),
+    "rank": Axis("LoRA rank of every expert (r)"),
+}
 
 
 def sweep(base: DpmoeShape, axes: dict, dtypes: list[torch.dtype]) -> list[tuple[DpmoeShape, torch.dtype]]:
@@ -177,8 +190,8 @@ def check_agreement(inp: dict, names) -> dict[str, float]:
                 for name in names if name not in ("plain_linear", "reference_einsum")}
 
 
-def run_case(cfg: RunConfig, shape: DpmoeShape, dtype: torch.dtype, emit, rotate: int = 0,
-             timing: dict | None = None) -> None:
+def run_case(cfg: RunConfig, shape: DpmoeShape, dtype: torch.dtype, emit, rotate: int = 0) -> None:
+    """Time one shape; ``rotate`` input sets (0: 2 on CUDA, 3 on the CPU)."""
     inps = [make_inputs(shape, cfg.device, dtype, seed=s) for s in range(rotate or (2 if cfg.cuda else 3))]
     provs = providers(inps)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
@@ -187,7 +200,7 @@ def run_case(cfg: RunConfig, shape: DpmoeShape, dtype: torch.dtype, emit, rotate
             print(f"# WARNING dpmoe {name} {shape.label()} {dtype_name(dtype)}: relative error "
                   f"{err:.2e} vs reference_einsum (tolerance {tol:g})", file=sys.stderr)
     stats = interleaved(provs, cfg.device, flush_cache=True,
-                        **(timing or (cfg.timing(10, 2) if cfg.quick else cfg.timing(15, 3))))
+                        **(cfg.timing(10, 2) if cfg.quick else cfg.timing(15, 3)))
     for row in stats_rows("dpmoe_linear", shape.label(), stats, x=("rows", shape.rows),
                           config={**dataclasses.asdict(shape), "rows": shape.rows},
                           reference="reference_einsum",
@@ -196,36 +209,26 @@ def run_case(cfg: RunConfig, shape: DpmoeShape, dtype: torch.dtype, emit, rotate
         emit(row)
 
 
-def cases(cfg: RunConfig, emit) -> list[Case]:
-    """The dpmoe section: the base shape (quick), or a one-axis-at-a-time sweep around it."""
-    base, axes = (GPU_SHAPE, GPU_AXES) if cfg.cuda else (CPU_SHAPE, CPU_AXES)
-    todo = [(base, cfg.dtype)] if cfg.quick else sweep(base, axes, cfg.sweep_dtypes())
+def base_shape(cfg: RunConfig) -> DpmoeShape:
+    return GPU_SHAPE if cfg.cuda else CPU_SHAPE
+
+
+def default_sizes(cfg: RunConfig) -> dict[str, list]:
+    """The base shape's value of every axis (a full run also sweeps ``CPU_AXES``/``GPU_AXES``)."""
+    base = base_shape(cfg)
+    return {axis: [getattr(base, axis)] for axis in AXES}
+
+
+def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Case]:
+    """The base shape (quick), or a one-axis-at-a-time sweep around it (full); with ``sizes``
+    (--set) every combination of the given values, the other axes at the base's."""
+    base = base_shape(cfg)
+    if sizes:
+        todo = [(dataclasses.replace(base, **point), cfg.dtype)
+                for point in grid(all_sizes(default_sizes(cfg), sizes))]
+    elif cfg.quick:
+        todo = [(base, cfg.dtype)]
+    else:
+        todo = sweep(base, GPU_AXES if cfg.cuda else CPU_AXES, cfg.sweep_dtypes())
     return [Case(f"dpmoe {s.label()} {dtype_name(d)}", lambda s=s, d=d: run_case(cfg, s, d, emit))
             for s, d in todo]
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave)")
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
-    for field in ("seqs_per_view", "seq_len", "d_in", "d_out", "experts", "rank"):
-        ap.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(CPU_SHAPE, field))
-    ap.add_argument("--memory", action="store_true", help="also measure peak extra memory")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shape = DpmoeShape(seqs_per_view=args.seqs_per_view, seq_len=args.seq_len, d_in=args.d_in,
-                       d_out=args.d_out, experts=args.experts, rank=args.rank)
-    cfg = RunConfig(torch.device(args.device), DTYPES[args.dtype], memory=args.memory)
-    rows: list[dict] = []
-    run_case(cfg, shape, cfg.dtype, rows.append, timing={"rounds": args.rounds, "warmup": args.warmup})
-    print(f"# command: python {' '.join(sys.argv)}")
-    print(format_table(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Catalogue top-k timing: ``python bench/kernel_topk_items.py [--threads 2] [--batches 1,64,1024]``.
+"""The ``topk_items`` section of bench/latency.py (a library: no command line of its own).
 
 Times, side by side in interleaved rounds (bench/_timing.py), the k best of N catalogue
 items for B queries (scores = q Eᵀ):
@@ -13,24 +13,37 @@ items for B queries (scores = q Eᵀ):
 Peak memory (``peak MB``) is measured: on the CPU the process's resident high-water mark
 during one call minus the resident size before it; on CUDA the allocator's peak over what
 was allocated. Queries rotate between calls; the catalogue (N·d values, far beyond any
-cache at full size) is shared.
+cache at full size) is shared by every case with the same N and d.
 
-``python bench/latency.py --sections topk_items`` runs the sweep; this script takes its own sizes.
+Sizes (``AXES``; ``default_sizes``): every combination of items (N), dim (d), k and batch
+(B); ``--set topk_items.AXIS=V1,V2`` replaces an axis' values, e.g.
+
+    python bench/latency.py --sections topk_items --set topk_items.k=10,100,1000
+    python bench/latency.py --set topk_items.items=5000000 --set topk_items.batch=1,4096
+
+A case whose [B, N] score matrix passes 1 GB gets 3 timing rounds instead of 10
+(``--rounds`` sets both).
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 from collections.abc import Callable
 
 import torch
-from _report import DTYPES, Case, RunConfig, dtype_name, format_table, stats_rows
+from _report import Axis, Case, RunConfig, SizeError, all_sizes, dtype_name, grid, stats_rows
 from _timing import Rotation, interleaved
 
 from l2rec_kernels._backend import triton_unavailable_reason
-from l2rec_kernels.ops.topk_items import topk_items
+from l2rec_kernels.ops.topk_items import TRITON_MAX_K, topk_items
+
+# The sizes ``latency.py --set topk_items.AXIS=...`` chooses.
+AXES = {
+    "items": Axis("catalogue items (N)"),
+    "dim": Axis("embedding width (d)"),
+    "k": Axis("items returned per query"),
+    "batch": Axis("queries per call (B)"),
+}
+LARGE_SCORES = 2**28  # B·N scores (1 GB in fp32) from which a case gets fewer rounds
 
 
 def make_inputs(batch: int, num_items: int = 1_000_000, dim: int = 128, device="cpu",
@@ -58,24 +71,27 @@ def providers(queries: list[torch.Tensor], item_emb: torch.Tensor, k: int,
     return out
 
 
-def sizes(cfg: RunConfig) -> tuple[int, int, list[int]]:
-    """(N, d, batches) of the section."""
-    return (100_000, 128, [1, 64]) if cfg.quick else (1_000_000, 128, [1, 64, 1024])
+def default_sizes(cfg: RunConfig) -> dict[str, list]:
+    return {"items": [100_000 if cfg.quick else 1_000_000], "dim": [128], "k": [10],
+            "batch": [1, 64] if cfg.quick else [1, 64, 1024]}
 
 
-def run_batches(cfg: RunConfig, num_items: int, dim: int, k: int, batches: list[int], emit,
-                rounds: tuple[int, int] = (10, 3)) -> list[Case]:
-    """One case per batch size over one shared catalogue (built on the first case)."""
+def catalogue_cases(cfg: RunConfig, num_items: int, dim: int, ks: list[int], batches: list[int],
+                    emit, rounds: tuple[int, int] = (10, 3)) -> list[Case]:
+    """One case per (k, batch) over one shared catalogue, built by the first case and freed
+    after the last; ``rounds``: (timing rounds, rounds past LARGE_SCORES)."""
     backends = ("torch",) + (("triton",) if cfg.cuda and triton_unavailable_reason(cfg.device) is None
                              else ())
+    todo = [(k, b) for k in ks for b in batches]
     items: list[torch.Tensor] = []
 
-    def run(batch: int) -> None:
+    def run(k: int, batch: int) -> None:
         if not items:
             items.append(make_inputs(0, num_items, dim, cfg.device, cfg.dtype)[1])
         queries = [make_inputs(batch, 1, dim, cfg.device, cfg.dtype, seed=batch + s)[0] for s in range(3)]
-        provs = providers(queries, items[0], k, backends)
-        large = batch * num_items >= 2**28  # a >1 GB score matrix: few repeats
+        # the Triton kernel keeps k <= TRITON_MAX_K; above it only the torch backend runs
+        provs = providers(queries, items[0], k, backends if k <= TRITON_MAX_K else ("torch",))
+        large = batch * num_items >= LARGE_SCORES
         stats = interleaved(provs, cfg.device, **cfg.timing(rounds[1] if large else rounds[0], 1))
         for row in stats_rows("topk_items", f"N={num_items} d={dim} k={k} B={batch}", stats,
                               x=("batch", batch),
@@ -83,41 +99,21 @@ def run_batches(cfg: RunConfig, num_items: int, dim: int, k: int, batches: list[
                               reference="mm_topk", floor="mm_only", dtype=cfg.dtype,
                               device=cfg.device, providers=provs if cfg.memory else None):
             emit(row)
-        if batch == batches[-1]:
-            items.clear()  # free the catalogue for the next section
+        if (k, batch) == todo[-1]:
+            items.clear()  # free the catalogue for the next one
 
-    return [Case(f"topk N={num_items} B={b} {dtype_name(cfg.dtype)}", lambda b=b: run(b))
-            for b in batches]
-
-
-def cases(cfg: RunConfig, emit) -> list[Case]:
-    num_items, dim, batches = sizes(cfg)
-    return run_batches(cfg, num_items, dim, 10, batches, emit)
+    return [Case(f"topk N={num_items} d={dim} k={k} B={b} {dtype_name(cfg.dtype)}",
+                 lambda k=k, b=b: run(k, b)) for k, b in todo]
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batches", default="1,64,1024")
-    ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("-k", "--k", type=int, default=10)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
-    ap.add_argument("--rounds", type=int, default=10, help="rounds for small batches")
-    ap.add_argument("--rounds-large", type=int, default=3,
-                    help="rounds when the [B, N] score matrix passes 1 GB")
-    args = ap.parse_args(argv)
-    cfg = RunConfig(torch.device(args.device), DTYPES[args.dtype])
-    if cfg.device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    rows: list[dict] = []
-    for case in run_batches(cfg, args.items, args.dim, args.k, [int(b) for b in args.batches.split(",")],
-                            rows.append, (args.rounds, args.rounds_large)):
-        case.run()
-    print("command: " + shlex.join([sys.executable, *sys.argv]))
-    print(format_table(rows))
-
-
-if __name__ == "__main__":
-    main()
+def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Case]:
+    """Every combination of the sizes, one catalogue (items, dim) at a time."""
+    s = all_sizes(default_sizes(cfg), sizes)
+    out: list[Case] = []
+    for point in grid({"items": s["items"], "dim": s["dim"]}):
+        too_big = [k for k in s["k"] if k > point["items"]]
+        if too_big:
+            raise SizeError(f"topk_items: k={too_big[0]} is more than items={point['items']} "
+                            f"(topk_items.k takes 1..items)")
+        out += catalogue_cases(cfg, point["items"], point["dim"], s["k"], s["batch"], emit)
+    return out

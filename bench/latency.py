@@ -1,6 +1,11 @@
-"""l2rec-kernels benchmarks: ``python bench/latency.py [--quick] [--device D] [--dtype T] [--out DIR]``.
+"""l2rec-kernels benchmarks, the one entry point:
 
-Sections (``--sections``, all by default):
+    python bench/latency.py [--quick] [--sections S1,S2] [--set SECTION.AXIS=V1[,V2...]]...
+                            [--device D] [--dtype T] [--rounds N] [--warmup N] [--threads N]
+                            [--no-memory] [--out DIR]
+
+Sections (``--sections``, all by default), each a library module with no command line of
+its own:
 
 * ``model``: L2Rec vs FusedL2Rec vs the plain frozen backbone vs PEFT's mixed-adapter batch
   inference (top-1) on the same stacked tokens (bench/model_bench.py);
@@ -9,13 +14,27 @@ Sections (``--sections``, all by default):
 * ``route``: ``route`` backends vs a plain torch softmax/top-k (bench/kernel_route.py);
 * ``topk_items``: ``topk_items`` vs ``torch.mm`` + ``torch.topk`` (bench/kernel_topk_items.py).
 
-``--quick`` is the CPU smoke run behind ``make bench`` (under a minute on 2 cores: one shape
-per section). Without it the sweep is meant for a GPU (sizes, E, r and dtypes vary); on
-the CPU it runs a reduced sweep in a few minutes. Every provider of every shape is timed
-side by side in interleaved rounds after warm-up (bench/_timing.py) and becomes one CSV row
-in ``--out`` (default bench/results/) with the device, versions, git sha, date and this
-command; a table per section with the speedups is printed at the end.
-``python bench/plot.py <csv>`` draws the plots.
+``--quick`` is the CPU smoke run behind ``make bench`` (one or two shapes per section).
+Without it the sweep is meant for a GPU (sizes, E, r and dtypes vary); on the CPU it runs a
+reduced sweep in a few minutes.
+
+Sizes: ``--set SECTION.AXIS=V1,V2,...`` (repeatable, one axis per flag) gives an axis of a
+section its own values; ``--help`` lists every axis with its defaults. A section named by a
+``--set`` runs every combination of its axes' values, the axes left alone keeping their
+defaults (for ``dpmoe_linear``: the base shape's), in ``--dtype`` only. Without
+``--sections``, a run with ``--set`` runs only the sections it names. Examples:
+
+    python bench/latency.py --set topk_items.k=10,100,1000
+    python bench/latency.py --set topk_items.items=100000 --set topk_items.batch=1,64 --quick
+    python bench/latency.py --set dpmoe_linear.seqs_per_view=4,64
+    python bench/latency.py --set dpmoe_linear.d_in=1024 --set dpmoe_linear.d_out=2816 --dtype bf16
+    python bench/latency.py --set route.top_k=dense,1,2 --set route.experts=8
+    python bench/latency.py --set model.users=1,4 --sections model,topk_items
+
+Every provider of every shape is timed side by side in interleaved rounds after warm-up
+(bench/_timing.py) and becomes one CSV row in ``--out`` (default bench/results/) with the
+device, versions, git sha, date and this command; a table per section with the speedups is
+printed at the end. ``python bench/plot.py <csv>`` draws the plots.
 """
 
 from __future__ import annotations
@@ -36,46 +55,105 @@ import kernel_dpmoe_linear  # noqa: E402
 import kernel_route  # noqa: E402
 import kernel_topk_items  # noqa: E402
 import model_bench  # noqa: E402
-from _report import DTYPES, RunConfig, format_table, progress, run_meta, write_csv  # noqa: E402
+from _report import DTYPES, RunConfig, SizeError, format_table, progress, run_meta, write_csv  # noqa: E402
 
-SECTIONS = ("model", "dpmoe_linear", "route", "topk_items")
+# name -> module with AXES, default_sizes(cfg) and cases(cfg, emit, sizes) (see _report.py)
+SECTIONS = {"model": model_bench, "dpmoe_linear": kernel_dpmoe_linear, "route": kernel_route,
+            "topk_items": kernel_topk_items}
+SET_SYNTAX = "SECTION.AXIS=V1[,V2...]"
 
 
-def fused_backends(device: torch.device, quick: bool) -> tuple[str, ...]:
-    """FusedL2Rec backends worth timing on ``device`` (Triton only on CUDA)."""
-    if device.type != "cuda":
-        return ("torch",)
-    from l2rec_kernels._backend import cuda_ext_unavailable_reason, triton_unavailable_reason
+def parse_set(text: str) -> tuple[str, str, list]:
+    """``SECTION.AXIS=V1,V2`` -> (section, axis, [values]); ValueError with what is wrong."""
+    key, eq, values = text.partition("=")
+    section, dot, axis = key.strip().partition(".")
+    if not eq or not dot or not section or not axis:
+        raise ValueError(f"--set {text!r}: expected {SET_SYNTAX}, e.g. topk_items.k=10,100")
+    if section not in SECTIONS:
+        raise ValueError(f"--set {text!r}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+    axes = SECTIONS[section].AXES
+    if axis not in axes:
+        raise ValueError(f"--set {text!r}: section {section} has no axis {axis!r}; "
+                         f"its axes: {', '.join(axes)}")
+    parsed = []
+    for raw in values.split(","):
+        try:
+            parsed.append(axes[axis].parse(raw.strip()))
+        except ValueError as e:
+            raise ValueError(f"--set {text!r}: bad value {raw.strip()!r} for {section}.{axis} "
+                             f"({axes[axis].help}): {e}") from None
+    return section, axis, list(dict.fromkeys(parsed))
 
-    out = ["triton"] if triton_unavailable_reason(device) is None else []
-    if not quick:
-        out = ["torch", *out] + (["cuda"] if cuda_ext_unavailable_reason(device) is None else [])
-    return tuple(out) or ("torch",)
+
+def axes_help() -> str:
+    """The --help epilog: every SECTION.AXIS with its default values per kind of run."""
+    kinds = {"quick CPU": RunConfig(torch.device("cpu"), torch.float32, quick=True),
+             "full CPU": RunConfig(torch.device("cpu"), torch.float32),
+             "full GPU": RunConfig(torch.device("cuda"), torch.bfloat16)}
+    width = max(len(f"{name}.{axis}") for name, module in SECTIONS.items() for axis in module.AXES)
+    lines = [f"sizes: --set {SET_SYNTAX} (defaults: {' | '.join(kinds)})"]
+    for name, module in SECTIONS.items():
+        defaults = {kind: module.default_sizes(cfg) for kind, cfg in kinds.items()}
+        for axis, spec in module.AXES.items():
+            shown = [",".join(spec.show(v) for v in d[axis]) for d in defaults.values()]
+            lines.append(f"  {name + '.' + axis:<{width}}  [{' | '.join(shown)}]  {spec.help}")
+    lines += ["A section named by a --set runs every combination of its axes' values (the others at",
+              "their defaults), in --dtype only. Without a --set, a full dpmoe_linear run varies",
+              "seqs_per_view, d_in,d_out, experts and rank one at a time around the base shape",
+              "(kernel_dpmoe_linear.CPU_AXES / GPU_AXES) and covers every dtype at the base."]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="l2rec-kernels benchmarks")
+    ap = argparse.ArgumentParser(description="l2rec-kernels benchmarks (the one entry point; "
+                                             "the module docstring has examples)", epilog=axes_help(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small CPU-friendly run (make bench)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                    help="default: fp32 on CPU, bf16 on CUDA; full kernel sweeps then also "
-                         "cover the other dtypes unless --dtype is given")
+                    help="default: fp32 on CPU, bf16 on CUDA; a full dpmoe_linear sweep then "
+                         "also covers the other dtypes, unless --dtype or a --set dpmoe_linear.* "
+                         "is given")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="CSV output folder")
-    ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--sections", default=None,
+                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all, or with "
+                         "--set the sections it names)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar=SET_SYNTAX,
+                    help="the values of one size axis of a section, e.g. topk_items.k=10,100,1000 "
+                         "(repeatable; the axes and their defaults are listed below)")
     ap.add_argument("--rounds", type=int, default=0, help="timing rounds (0: per-section default)")
     ap.add_argument("--warmup", type=int, default=0, help="warm-up rounds (0: per-section default)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
     args = ap.parse_args(argv)
 
+    sizes: dict[str, dict[str, list]] = {}  # section -> axis -> values
+    set_by: dict[str, str] = {}  # section -> its first --set, for messages
+    for text in args.sets:
+        try:
+            section, axis, values = parse_set(text)
+        except ValueError as e:
+            ap.error(str(e))
+        if axis in sizes.get(section, {}):
+            ap.error(f"--set {text!r}: {section}.{axis} is already set; give all its values in one "
+                     f"--set, comma-separated")
+        sizes.setdefault(section, {})[axis] = values
+        set_by.setdefault(section, text)
+    if args.sections is None:
+        sections = [s for s in SECTIONS if s in sizes] if sizes else list(SECTIONS)
+    else:
+        sections = list(dict.fromkeys(s.strip() for s in args.sections.split(",") if s.strip()))
+        for s in sections:
+            if s not in SECTIONS:
+                ap.error(f"--sections: unknown section {s!r}; choose from {', '.join(SECTIONS)}")
+        for s in sizes:
+            if s not in sections:
+                ap.error(f"--set {set_by[s]!r}: section {s} is not among --sections "
+                         f"{','.join(sections)}; add it there or drop the --set")
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA GPU is visible")
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    for s in sections:
-        if s not in SECTIONS:
-            ap.error(f"unknown section {s!r}; choose from {', '.join(SECTIONS)}")
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,14 +166,16 @@ def main(argv=None) -> int:
     def emit(row: dict) -> None:
         rows.append({**meta, **row})
 
-    builders = {"model": lambda: model_bench.cases(cfg, emit, fused_backends(device, args.quick)),
-                "dpmoe_linear": lambda: kernel_dpmoe_linear.cases(cfg, emit),
-                "route": lambda: kernel_route.cases(cfg, emit),
-                "topk_items": lambda: kernel_topk_items.cases(cfg, emit)}
-    cases = [c for s in sections for c in builders[s]()]
+    try:  # builds the shapes only: inconsistent sizes fail here, before anything is timed
+        cases = [c for s in sections for c in SECTIONS[s].cases(cfg, emit, sizes.get(s))]
+    except SizeError as e:
+        ap.error(f"--set: {e}")
+    chosen = " ".join(f"{s}.{a}={','.join(SECTIONS[s].AXES[a].show(v) for v in vals)}"
+                      for s, axes in sizes.items() for a, vals in axes.items())
     print(f"# l2rec-kernels benchmark ({'quick' if args.quick else 'full'}) on {meta['device']}, "
           f"{meta['dtype']}, torch {meta['torch']}, triton {meta['triton']}, python "
-          f"{platform.python_version()}, git {meta['git_sha']}; {len(cases)} shapes", flush=True)
+          f"{platform.python_version()}, git {meta['git_sha']}; sections {','.join(sections)}"
+          f"{'; sizes ' + chosen if chosen else ''}; {len(cases)} shapes", flush=True)
     for case in progress(cases, "bench"):
         case.run()
     print(format_table(rows))

@@ -1,4 +1,5 @@
-"""Model benchmark: L2Rec vs FusedL2Rec vs the plain frozen backbone vs a PEFT peer.
+"""The ``model`` section of bench/latency.py (a library: no command line of its own):
+L2Rec vs FusedL2Rec vs the plain frozen backbone vs a PEFT peer.
 
 All providers see the same prompts and compute a whole forward (routing, backbone, fusion,
 catalogue scores), except the plain backbone, which runs once over the same 2·B stacked
@@ -17,21 +18,33 @@ uses that user's argmax expert of view v. It does less expert work than the dens
 models (one expert per row, not E), which only flatters it. It runs the same 2·B stacked
 sequences in one backbone pass, then the same fusion and scoring heads.
 
+Before timing, each case checks that the PEFT peer scores what L2Rec scores with top-1
+routing on the same batch (a warning on stderr if not), so the peer is a fair one.
+
 Inputs rotate between a few batches so caches don't flatter a provider.
+
+Sizes (``AXES``; ``default_sizes``): every combination of the users per batch and the
+model's seq_len, layers, experts, rank and items, around ``CPU_SHAPE`` (``--quick`` and the
+CPU) or ``QWEN05_SHAPE`` (a full run on a GPU); ``--set model.AXIS=V1,V2`` replaces an
+axis' values, e.g.
+
+    python bench/latency.py --sections model --set model.users=1,4 --set model.seq_len=256
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import warnings
 from dataclasses import dataclass
 
 import torch
-from _report import Case, RunConfig, stats_rows
+from _report import Axis, Case, RunConfig, all_sizes, grid, stats_rows
 from _timing import Rotation, interleaved
 
 from l2rec_kernels import FusedL2Rec, L2Rec, L2RecConfig
+from l2rec_kernels._backend import cuda_ext_unavailable_reason, triton_unavailable_reason
 from l2rec_kernels.models.base import gather_last
 from l2rec_kernels.models.config import NUM_VIEWS
 from l2rec_kernels.models.inputs import position_ids_from_mask
@@ -62,6 +75,18 @@ class ModelShape:
 # The CPU acceptance shape of the FusedL2Rec issue, and a Qwen2-0.5B-class GPU shape.
 CPU_SHAPE = ModelShape("cpu-small", 512, 4, 8, 4, 1376, 4000, 96)
 QWEN05_SHAPE = ModelShape("qwen2-0.5b", 896, 24, 14, 2, 4864, 151936, 256, rank=8)
+# The sizes ``latency.py --set model.AXIS=...`` chooses -> the ModelShape field they set
+# ("users" is the batch, not a field).
+AXES = {
+    "users": Axis("users per batch (B); the backbone sees 2B sequences"),
+    "seq_len": Axis("prompt tokens per sequence (T)"),
+    "layers": Axis("decoder layers"),
+    "experts": Axis("experts per view (E)"),
+    "rank": Axis("LoRA rank of every expert (r)"),
+    "items": Axis("catalogue items scored"),
+}
+SHAPE_FIELDS = {"seq_len": "seq_len", "layers": "layers", "experts": "num_experts", "rank": "rank",
+                "items": "num_items"}
 
 
 def build_models(shape: ModelShape, device: torch.device, dtype: torch.dtype,
@@ -87,7 +112,7 @@ def build_models(shape: ModelShape, device: torch.device, dtype: torch.dtype,
     peft_model = None
     if peft:
         # the copy of each targeted linear -> its experts
-        copies = {memo[id(m)]: experts for m, experts in ref._targets.items()}
+        copies = {memo[id(m)]: experts for m, experts in ref.adapted_linears.items()}
         peft_model = build_peft_model(peft_backbone.base_model, copies, cfg)
     return ref, fused, peft_model
 
@@ -145,6 +170,25 @@ def peft_forward(ref: L2Rec, peft_model, batch: dict) -> torch.Tensor:
     return ref.score(ref.fusion(last[:users], last[users:]), None)
 
 
+def check_peft_peer(ref: L2Rec, peft_model, batch: dict, dtype: torch.dtype) -> float:
+    """Relative error of the PEFT peer's scores against L2Rec's own with top-1 routing on
+    ``batch`` (item 0, the padding id, left out); a warning on stderr past the tolerance."""
+    top_k = ref.config.top_k
+    try:
+        ref.config.top_k = 1
+        with torch.inference_mode():
+            want = ref(**batch).scores[:, 1:].double()
+            got = peft_forward(ref, peft_model, batch)[:, 1:].double()
+    finally:
+        ref.config.top_k = top_k
+    err = ((got - want).norm() / want.norm()).item()
+    tol = 1e-4 if dtype == torch.float32 else 6e-2
+    if not err <= tol:
+        print(f"# WARNING model {PEFT_PROVIDER}: relative error {err:.2e} vs L2Rec with top-1 "
+              f"routing (tolerance {tol:g}): the peer does not compute what L2Rec does", file=sys.stderr)
+    return err
+
+
 def model_providers(shape: ModelShape, users: int, device: torch.device, dtype: torch.dtype,
                     fused_backends: tuple[str, ...] = ("torch",), peft: bool = True, rotate: int = 2,
                     no_shortcuts: bool = True):
@@ -175,22 +219,40 @@ def model_providers(shape: ModelShape, users: int, device: torch.device, dtype: 
         full.validate_inputs, full.layer_shortcuts = False, False
         providers[f"FusedL2Rec[{name},no_shortcuts]"] = rotating(lambda b: full(**b))
     if peft_model is not None:
+        check_peft_peer(ref, peft_model, batches[0], dtype)
         providers[PEFT_PROVIDER] = rotating(lambda b: peft_forward(ref, peft_model, b))
     return providers, NUM_VIEWS * users * shape.seq_len
 
 
-def cases(cfg: RunConfig, emit, fused_backends: tuple[str, ...]) -> list[Case]:
-    """The model section: one case per batch size."""
-    if cfg.quick:
-        shape, user_counts = CPU_SHAPE, [8]
-    elif cfg.cuda:
-        shape, user_counts = QWEN05_SHAPE, [8, 16, 32, 64]
-    else:
-        shape, user_counts = CPU_SHAPE, [4, 8, 16]
+def fused_backends(device: torch.device, quick: bool) -> tuple[str, ...]:
+    """FusedL2Rec backends worth timing on ``device``: torch on the CPU; on CUDA Triton
+    (--quick), or torch, Triton and the CUDA extension where they run (full)."""
+    if device.type != "cuda":
+        return ("torch",)
+    out = ["triton"] if triton_unavailable_reason(device) is None else []
+    if not quick:
+        out = ["torch", *out] + (["cuda"] if cuda_ext_unavailable_reason(device) is None else [])
+    return tuple(out) or ("torch",)
+
+
+def base_shape(cfg: RunConfig) -> ModelShape:
+    return QWEN05_SHAPE if cfg.cuda and not cfg.quick else CPU_SHAPE
+
+
+def default_sizes(cfg: RunConfig) -> dict[str, list]:
+    base = base_shape(cfg)
+    users = [8] if cfg.quick else [8, 16, 32, 64] if cfg.cuda else [4, 8, 16]
+    return {"users": users, **{axis: [getattr(base, field)] for axis, field in SHAPE_FIELDS.items()}}
+
+
+def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Case]:
+    """The model section: one case per combination of the sizes (by default per batch size)."""
+    base = base_shape(cfg)
+    backends = fused_backends(cfg.device, cfg.quick)
     timing = cfg.timing(3, 1) if cfg.quick else cfg.timing(10, 3)
 
-    def run(users: int) -> None:
-        providers, tokens = model_providers(shape, users, cfg.device, cfg.dtype, fused_backends)
+    def run(shape: ModelShape, users: int) -> None:
+        providers, tokens = model_providers(shape, users, cfg.device, cfg.dtype, backends)
         stats = interleaved(providers, cfg.device, **timing)
         per_s = lambda name, s: {"tokens_per_s": tokens / s["median"] * 1e3,
                                  "users_per_s": users / s["median"] * 1e3}
@@ -203,4 +265,9 @@ def cases(cfg: RunConfig, emit, fused_backends: tuple[str, ...]) -> list[Case]:
         if cfg.cuda:
             torch.cuda.empty_cache()
 
-    return [Case(f"model {shape.label(u)}", lambda u=u: run(u)) for u in user_counts]
+    out = []
+    for point in grid(all_sizes(default_sizes(cfg), sizes)):
+        shape = dataclasses.replace(base, **{field: point[axis] for axis, field in SHAPE_FIELDS.items()})
+        out.append(Case(f"model {shape.label(point['users'])}",
+                        lambda shape=shape, users=point["users"]: run(shape, users)))
+    return out

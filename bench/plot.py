@@ -47,6 +47,23 @@ def _config_without_x(r: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items() if k != r["x_name"])
 
 
+def _shared_config(rows: list[dict]) -> str:
+    """The "name=value" pairs (all but x) every row has in common."""
+    pairs = [set(_config_without_x(r).split()) for r in rows]
+    return " ".join(p for p in _config_without_x(rows[0]).split() if all(p in q for q in pairs))
+
+
+def _lines(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows per plotted line: per provider, and per configuration when the rows hold several
+    (e.g. ``--set model.seq_len=96,256``: the label adds what differs); points sorted by x."""
+    shared = set(_shared_config(rows).split())
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        differs = " ".join(p for p in _config_without_x(r).split() if p not in shared)
+        out.setdefault(f"{r['provider']} [{differs}]" if differs else r["provider"], []).append(r)
+    return {label: sorted(sub, key=_x) for label, sub in out.items()}
+
+
 def _case(r: dict) -> str:
     return "\n".join(textwrap.wrap(f"{r['shape']} {r['dtype']}", 28))
 
@@ -72,17 +89,16 @@ def _tight_below_suptitle(fig) -> None:
 
 def plot_model(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name in _providers(rows):
-        pts = sorted(((_x(r), r) for r in rows if r["provider"] == name), key=lambda p: p[0])
-        xs = [u for u, _ in pts]
-        ax.plot(xs, [r["median_ms"] for _, r in pts], marker="o", label=name)
-        ax.fill_between(xs, [r["p20_ms"] for _, r in pts], [r["p80_ms"] for _, r in pts], alpha=0.2)
+    for label, pts in _lines(rows).items():
+        xs = [_x(r) for r in pts]
+        ax.plot(xs, [r["median_ms"] for r in pts], marker="o", label=label)
+        ax.fill_between(xs, [r["p20_ms"] for r in pts], [r["p80_ms"] for r in pts], alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({_x(r) for r in rows}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("users per batch (B; the backbone sees 2B sequences)")
     ax.set_ylabel("median latency per forward (ms)")
-    what = textwrap.fill(f"model latency: {_config_without_x(rows[0])}, {rows[0]['dtype']}", 110)
+    what = textwrap.fill(f"model latency: {_shared_config(rows)}, {rows[0]['dtype']}", 110)
     ax.set_title(_title(rows, what), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -148,10 +164,9 @@ def plot_speedup(by_bench: dict[str, list[dict]], path: str) -> None:
         rows = by_bench[bench]
         ref = next((r["provider"] for r in rows if r["speedup_vs_reference"] == 1.0), "reference")
         if bench == "model":
-            for name in _providers(rows):
-                pts = sorted((_x(r), r["speedup_vs_reference"])
-                             for r in rows if r["provider"] == name)
-                ax.plot([u for u, _ in pts], [s for _, s in pts], marker="o", label=name)
+            for label, pts in _lines(rows).items():
+                ax.plot([_x(r) for r in pts], [r["speedup_vs_reference"] for r in pts], marker="o",
+                        label=label)
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({_x(r) for r in rows}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())

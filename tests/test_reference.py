@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from model_utils import NUM_ITEMS, VOCAB, batch, make_backbone, randomize_, repad
+from tolerances import REL_TOL, assert_close_tol, rel_err
 
 from l2rec_kernels.models.base import gather_last
 from l2rec_kernels.models.config import L2RecConfig
@@ -12,6 +13,9 @@ from l2rec_kernels.models.inputs import position_ids_from_mask
 from l2rec_kernels.models.reference import L2Rec
 
 ARCHS = ("llama", "qwen2", "mistral")
+# Another padding or batch changes the order of the backbone's fp32 sums, and the
+# difference compounds over the layers: 10x the fp32 bound.
+REPAD_TOL = assert_close_tol(torch.float32, scale=10)
 
 
 def make_model(arch="llama", **cfg):
@@ -70,8 +74,8 @@ def test_zero_expert_b_gives_plain_backbone_hidden_states(arch):
     gates = model.route_gates(model.gate_logits(b["history_ids"]))
     h_b, h_s = model._dual_hidden(b["input_ids"], mask, gates)
     plain = plain_last_hidden(model, b)
-    torch.testing.assert_close(h_b, plain, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(h_s, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h_b, plain, **assert_close_tol(torch.float32))
+    torch.testing.assert_close(h_s, plain, **assert_close_tol(torch.float32))
     # ... and with random experts the views differ from the plain backbone and each other.
     randomize_(model, seed=3)
     h_b, h_s = model._dual_hidden(b["input_ids"], mask, gates)
@@ -94,7 +98,7 @@ def test_adapted_linear_matches_float64_formula():
     for e in range(4):
         low = (xd @ experts.lora_a[1, e].double().T) @ experts.lora_b[1, e].double().T
         expect = expect + 2.0 * gates[:, e].double()[:, None, None] * low
-    assert ((y.double() - expect).norm() / expect.norm()) < 1e-6
+    assert rel_err(y, expect) < REL_TOL[torch.float32] / 10  # one small layer: no long sums
     # Outside a forward the backbone is plain again.
     torch.testing.assert_close(module(x), torch.nn.functional.linear(x, module.weight, module.bias))
 
@@ -107,12 +111,12 @@ def test_padding_side_and_batch_composition_do_not_change_results(arch):
     ref = model(**repad(b, "left"))
     for side, extra in (("right", 0), ("left", 3), ("right", 2)):
         out = model(**repad(b, side, extra))
-        torch.testing.assert_close(out.scores, ref.scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.scores, ref.scores, **REPAD_TOL)
         torch.testing.assert_close(out.gates, ref.gates)
     # A user alone gets the same result as inside the batch.
     single = {k: v[2:3] for k, v in repad(b, "left").items()}
     alone = model(**repad(single, "left"))
-    torch.testing.assert_close(alone.scores, ref.scores[2:3], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(alone.scores, ref.scores[2:3], **REPAD_TOL)
 
 
 def test_history_padding_side_does_not_change_results():
@@ -125,7 +129,7 @@ def test_history_padding_side_does_not_change_results():
         items = h[i][h[i] > 0]
         left[i, h.shape[1] - items.numel():] = items
     out_r, out_l = model(**b), model(**{**b, "history_ids": left})
-    torch.testing.assert_close(out_r.scores, out_l.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_r.scores, out_l.scores, **REPAD_TOL)
 
 
 def test_empty_history_is_allowed():

@@ -1,23 +1,24 @@
 """``route``: every backend against a float64 reference written here.
 
 Triton runs on CPU tensors through the interpreter (conftest sets TRITON_INTERPRET=1);
-bf16 has no interpreter arithmetic, so its tests need a GPU.
+bf16 has no interpreter arithmetic, so its tests need a GPU. On a GPU,
+``test_gpu_bench_shapes`` also runs the benchmark's real shapes (bench/kernel_route.py).
 """
 
 import math
 
 import pytest
 import torch
+from bench_modules import bench_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import assert_close_tol
 
 from l2rec_kernels.ops.route import route
 
 BACKENDS = ["torch", "triton"]
 # For tests on CPU tensors whatever the machine: their triton backend needs the interpreter.
 CPU_BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.interpreter)]
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=2e-3, atol=1e-3),
-       torch.bfloat16: dict(rtol=1e-2, atol=8e-3)}
 
 
 def reference(logits: torch.Tensor, top_k, temperature: float) -> torch.Tensor:
@@ -38,7 +39,7 @@ def reference(logits: torch.Tensor, top_k, temperature: float) -> torch.Tensor:
 def check(gates, logits, top_k, temperature):
     assert gates.shape == logits.shape and gates.dtype == logits.dtype
     want = reference(logits, top_k, temperature)
-    torch.testing.assert_close(gates.double().cpu(), want, **TOL[logits.dtype])
+    torch.testing.assert_close(gates.double().cpu(), want, **assert_close_tol(logits.dtype))
     if top_k is not None:
         # The support is a discrete choice: every expert outside the reference's top-k is
         # exactly 0, and every kept one is non-zero unless its true gate underflows the
@@ -102,6 +103,7 @@ def test_ties_go_to_the_lowest_index(backend, device):
 def test_temperature(backend, device):
     logits = torch.randn(6, 5, device=device)
     hot = route(logits, temperature=1e4, backend=backend)
+    # A finite temperature is only nearly uniform: the bound is the approximation's, not rounding's.
     torch.testing.assert_close(hot, torch.full_like(hot, 0.2), rtol=0, atol=1e-3)
     cold = route(logits, temperature=1e-3, backend=backend)
     torch.testing.assert_close(cold, torch.nn.functional.one_hot(logits.argmax(-1), 5).float())
@@ -229,7 +231,7 @@ def test_property_every_backend_matches_reference(s, e, data, temperature, dtype
         check(gates, logits, top_k, temperature)
         if s:
             torch.testing.assert_close(gates.double().sum(-1), torch.ones(s, dtype=torch.float64),
-                                       **TOL[dtype])
+                                       **assert_close_tol(dtype))
 
 
 # ----------------------------------------------------------------------------- registration
@@ -279,3 +281,24 @@ def test_bf16_on_gpu(backend, device):
     logits = torch.randn(300, 8, device=device).bfloat16()
     for top_k in (None, 3):
         check(route(logits, top_k=top_k, temperature=0.9, backend=backend), logits, top_k, 0.9)
+
+
+
+
+def _gpu_bench_shapes() -> list:
+    """The shapes ``python bench/latency.py`` times on a GPU (its full CUDA sweep; naming the
+    device type only selects the sweep, no CUDA is touched)."""
+    bench = bench_module("kernel_route")
+    return bench.shapes(bench.RunConfig(device=torch.device("cuda"), dtype=torch.float16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", _gpu_bench_shapes(),
+                         ids=lambda s: f"S{s.seqs}_E{s.experts}_k{s.top_k or 'dense'}")
+def test_gpu_bench_shapes(shape, dtype, device):
+    """The kernel at the sizes it is benchmarked at, against the float64 reference."""
+    g = torch.Generator().manual_seed(shape.seqs)
+    logits = (torch.randn(shape.seqs, shape.experts, generator=g) * 2).to(device, dtype)
+    gates = route(logits, top_k=shape.top_k, temperature=shape.temperature, backend="triton")
+    check(gates, logits, shape.top_k, shape.temperature)
