@@ -97,7 +97,9 @@ DTYPES = {"bf16": BF16, "fp16": FP16, "fp32": FP32}
 
 
 def dpmoe_cases():
-    """M 1..65536, d_in/d_out of real backbones, E 2..8, r 4..64, 3 dtypes, bias or not."""
+    """M 1..65536, d_in/d_out of real backbones, E 2..8, r 4..64, 3 dtypes, bias or not;
+    then shared experts (Es 1, 2) and per-row gates over fewer sizes (the paper preset's
+    E=4, r=8 among them): they change the kernels' specialisation, not their tiling."""
     dims = [(896, 4864), (1024, 3072), (4096, 4096), (4096, 11008), (11008, 4096), (512, 512)]
     for dt, m, (d_in, d_out), e, r, bias, s in itertools.product(
             DTYPES, (1, 24, 40, 100, 4096, 65536), dims, (2, 4, 8), (4, 8, 16, 32, 64),
@@ -105,7 +107,13 @@ def dpmoe_cases():
         if s > m:
             continue
         yield Case("dpmoe_linear", f"{dt} M={m} {d_in}->{d_out} E={e} r={r} S={s}"
-                   f"{' bias' if bias else ''}", (dt, m, d_in, d_out, e, r, bias, s))
+                   f"{' bias' if bias else ''}", (dt, m, d_in, d_out, e, r, bias, s, 0, False))
+    for dt, m, (d_in, d_out), e, r, es, per_row in itertools.product(
+            DTYPES, (1, 100, 4096), [(1024, 3072), (4096, 11008)], (4,), (4, 8, 16), (0, 1, 2),
+            (False, True)):
+        if es or per_row:
+            yield Case("dpmoe_linear", f"{dt} M={m} {d_in}->{d_out} E={e} r={r} S=1 Es={es}"
+                       f"{' per_row' if per_row else ''}", (dt, m, d_in, d_out, e, r, False, 1, es, per_row))
 
 
 def topk_cases():
@@ -128,14 +136,16 @@ def run_case(case: Case) -> None:
     """Call the op's launcher for this case (inside ``compile_only``: nothing runs)."""
     empty = torch.empty
     if case.op == "dpmoe_linear":
-        dt, m, d_in, d_out, e, r, bias, s = case.params
+        dt, m, d_in, d_out, e, r, bias, s, es, per_row = case.params
         dtype = DTYPES[dt]
         x = empty(m, d_in, dtype=dtype)
         cu = torch.linspace(0, m, s + 1).to(torch.int32)
+        shared = (empty(es, r, d_in, dtype=dtype), empty(es, d_out, r, dtype=dtype)) if es else (None, None)
         _dpmoe_triton.launch_dpmoe_linear(
             x, empty(d_out, d_in, dtype=dtype), empty(d_out, dtype=dtype) if bias else None,
             empty(2, e, r, d_in, dtype=dtype), empty(2, e, d_out, r, dtype=dtype),
-            empty(s, e, dtype=dtype), torch.zeros(s, dtype=torch.int64), cu, 2.0)
+            empty(m if per_row else s, e, dtype=dtype), torch.zeros(s, dtype=torch.int64), cu, 2.0,
+            *shared, per_row)
     elif case.op == "topk_items":
         dt, k, d, n, b, x = case.params
         dtype = DTYPES[dt]
@@ -217,7 +227,8 @@ def inspect_cubin(cubin: bytes) -> dict:
             "ld128": vector, "local_ops": spills}
 
 
-_LORA_LOAD = re.compile(r"tl\.load\((a_ptr|lb_ptr)\b")  # the lines that read lora_a / lora_b
+# the lines that read lora_a / lora_b / shared_a / shared_b
+_LORA_LOAD = re.compile(r"tl\.load\((a_ptr|lb_ptr|sa_ptr|sb_ptr)\b")
 _PTX_LOC = re.compile(r"\.loc\s+\d+\s+(\d+)\s+\d+\s+//\s*(\S+?):\d+")
 
 

@@ -31,17 +31,25 @@ from .config import NUM_VIEWS
 
 
 class DPMoEExperts(nn.Module):
-    """Both views' low-rank experts for one linear layer.
+    """Both views' low-rank experts for one linear layer, and the shared ones.
 
     ``lora_a`` [V, E, r, d_in] starts like LoRA's A (uniform ±1/sqrt(d_in)); ``lora_b``
-    [V, E, d_out, r] starts at zero, so a fresh model equals the plain backbone.
+    [V, E, d_out, r] starts at zero, so a fresh model equals the plain backbone. With
+    ``num_shared > 0``, ``shared_a`` [Es, r, d_in] and ``shared_b`` [Es, d_out, r] (same
+    initialisation) are the ungated experts of both views; otherwise both are None (and
+    not in the state dict, so checkpoints without shared experts keep their keys).
     """
 
-    def __init__(self, d_in: int, d_out: int, num_experts: int, rank: int) -> None:
+    def __init__(self, d_in: int, d_out: int, num_experts: int, rank: int,
+                 num_shared: int = 0) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(d_in)
         self.lora_a = nn.Parameter(torch.empty(NUM_VIEWS, num_experts, rank, d_in).uniform_(-bound, bound))
         self.lora_b = nn.Parameter(torch.zeros(NUM_VIEWS, num_experts, d_out, rank))
+        self.shared_a = self.shared_b = None
+        if num_shared:
+            self.shared_a = nn.Parameter(torch.empty(num_shared, rank, d_in).uniform_(-bound, bound))
+            self.shared_b = nn.Parameter(torch.zeros(num_shared, d_out, rank))
 
 
 class RoutingContext:
@@ -136,9 +144,10 @@ def uninstall(module: nn.Module) -> None:
 
 class ReferenceContext(RoutingContext):
     """One view for the whole batch, written the way iLoRA's public code writes it: every
-    expert's low-rank product as an einsum over all experts, then a gate-weighted sum.
+    expert's low-rank product as an einsum over all experts, then a gate-weighted sum, and
+    the shared experts' products summed ungated:
 
-        y = x Wᵀ + b + s · Σ_e g[b, e] · (x A[v, e]ᵀ) B[v, e]ᵀ
+        y = x Wᵀ + b + s · Σ_e g[b, e] · (x A[v, e]ᵀ) B[v, e]ᵀ + s · Σ_f (x A_f ᵀ) B_fᵀ
     """
 
     def __init__(self, experts, view: int, gates: torch.Tensor, scaling: float) -> None:
@@ -152,4 +161,7 @@ class ReferenceContext(RoutingContext):
         h = torch.einsum("btd,erd->bter", x, a)
         per_expert = torch.einsum("bter,eor->bteo", h, b)           # [B, T, E, d_out]
         mixed = torch.einsum("bteo,be->bto", per_expert, self.gates.to(x.dtype))
+        if experts.shared_a is not None:
+            h = torch.einsum("btd,frd->btfr", x, experts.shared_a.to(x.dtype))
+            mixed = mixed + torch.einsum("btfr,for->bto", h, experts.shared_b.to(x.dtype))
         return base + self.scaling * mixed

@@ -19,7 +19,7 @@ from .._validation import check_exclude
 from . import adapters
 from .config import NUM_VIEWS, L2RecConfig
 from .encoders import SASRecEncoder, last_true_index, semantic_summary
-from .heads import CrossViewFusion, ItemScorer, ViewRouter
+from .heads import CrossViewFusion, ItemScorer, ViewRouter, rename_legacy_router_keys
 from .inputs import L2RecOutput, check_forward_inputs
 
 CONFIG_NAME = "l2rec_config.json"
@@ -70,7 +70,8 @@ class L2RecBase(nn.Module):
         config = self.config
         self.experts = nn.ModuleDict({
             adapters.expert_key(name): adapters.DPMoEExperts(
-                m.in_features, m.out_features, config.num_experts, config.rank)
+                m.in_features, m.out_features, config.num_experts, config.rank,
+                config.num_shared_experts)
             for name, m in linears.items()
         })
         self.behavior_encoder = SASRecEncoder(config.num_items, config.behavior_dim,
@@ -82,8 +83,8 @@ class L2RecBase(nn.Module):
         # ``set_item_text_table(build_item_text_table(...))``.
         self.register_buffer("item_text_table", table)
         self.routers = nn.ModuleList([
-            ViewRouter(config.behavior_dim, config.router_hidden, config.num_experts),
-            ViewRouter(d_sem, config.router_hidden, config.num_experts),
+            ViewRouter(dim, hidden, config.router_hidden, config.num_experts, config.router_inputs)
+            for dim in (config.behavior_dim, d_sem)
         ])
         self.fusion = CrossViewFusion(hidden, config.pref_dim, config.fusion_hidden)
         self.scorer = ItemScorer(config.behavior_dim, d_sem, config.pref_dim,
@@ -110,14 +111,34 @@ class L2RecBase(nn.Module):
     def num_items(self) -> int:
         return self.config.num_items
 
+    @property
+    def adapted_linears(self) -> dict[nn.Linear, adapters.DPMoEExperts]:
+        """Each backbone linear that carries experts -> its experts (a copy: read-only)."""
+        return dict(self._targets)
+
     def encode_views(self, history_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u_b [B, d_cf], u_s [B, d_sem]) from the interaction history."""
         return self.behavior_encoder(history_ids), semantic_summary(history_ids, self.item_text_table)
 
-    def gate_logits(self, history_ids: torch.Tensor) -> torch.Tensor:
-        """Router logits for both views, [2, B, E]."""
+    def prompt_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """c [B, hidden]: the mean of the backbone's input embeddings over each prompt's
+        attended tokens (what a context-aware router reads; one per sequence)."""
+        emb = self.backbone.get_input_embeddings()(input_ids)
+        m = attention_mask.unsqueeze(-1).to(emb.dtype)
+        return ((emb * m).sum(1) / m.sum(1).clamp_min(1.0)).float()
+
+    def gate_logits(self, history_ids: torch.Tensor, input_ids: torch.Tensor | None = None,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Router logits for both views, [2, B, E]. ``input_ids`` and ``attention_mask`` (the
+        prompt) are needed when ``config.router_inputs`` has "context" or "interaction"."""
         u_b, u_s = self.encode_views(history_ids)
-        return torch.stack([self.routers[0](u_b), self.routers[1](u_s)])
+        context = None
+        if self.routers[0].needs_context:
+            if input_ids is None or attention_mask is None:
+                raise ValueError(f"router_inputs={self.config.router_inputs} read the prompt: "
+                                 "pass input_ids and attention_mask to gate_logits")
+            context = self.prompt_context(input_ids, attention_mask)
+        return torch.stack([self.routers[0](u_b, context), self.routers[1](u_s, context)])
 
     def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """e_i for ``item_ids``, or the whole table [num_items + 1, pref_dim] when None."""
@@ -150,22 +171,46 @@ class L2RecBase(nn.Module):
         history_ids [B, H] (0 = padding), candidate_ids [C] or [B, C] (None: the whole
         catalogue), labels [B] (indices into candidate_ids, or item ids for the catalogue).
         """
-        z, gates = self._preference(input_ids, attention_mask, history_ids, candidate_ids, labels)
+        parts = self._forward_parts(input_ids, attention_mask, history_ids, candidate_ids, labels)
+        z, gates = parts["z"], parts["gates"]
         scores = self.score(z, candidate_ids)
-        loss = None if labels is None else F.cross_entropy(scores.float(), labels.long())
-        return L2RecOutput(scores=scores, preference=z, gates=gates, loss=loss)
+        loss = aux = None
+        if labels is not None:
+            loss = F.cross_entropy(scores.float(), labels.long())
+            aux = self.aux_losses(parts)
+            for name, value in aux.items():
+                loss = loss + getattr(self.config, f"{name}_weight") * value
+        return L2RecOutput(scores=scores, preference=z, gates=gates, loss=loss, aux_losses=aux)
 
-    def _preference(self, input_ids, attention_mask, history_ids, candidate_ids=None, labels=None):
+    def aux_losses(self, parts: dict) -> dict[str, torch.Tensor]:
+        """The auxiliary training losses with a non-zero weight, unweighted (L2RecConfig)."""
+        cfg, out = self.config, {}
+        if cfg.load_balance_weight > 0:
+            out["load_balance"] = load_balance_loss(parts["logits"], parts["gates"],
+                                                    cfg.gate_temperature)
+        if cfg.contrastive_weight > 0:
+            p_b, p_s = self.fusion.project(parts["h_b"], parts["h_s"])
+            out["contrastive"] = cross_view_contrastive_loss(p_b, p_s, cfg.contrastive_temperature)
+        return out
+
+    def _preference(self, input_ids, attention_mask, history_ids):
         """(z [B, pref_dim], gates [2, B, E]) after checking the inputs."""
+        parts = self._forward_parts(input_ids, attention_mask, history_ids)
+        return parts["z"], parts["gates"]
+
+    def _forward_parts(self, input_ids, attention_mask, history_ids, candidate_ids=None,
+                       labels=None) -> dict:
+        """Check the inputs, route and run the backbone: z, gates, logits, h_b, h_s."""
         mask = check_forward_inputs(
             input_ids, attention_mask, history_ids, candidate_ids, labels,
             vocab_size=self.backbone.config.vocab_size, num_items=self.num_items,
             max_history=self.config.max_history, check_values=self.validate_inputs)
         if input_ids.shape[0] == 0:
             raise ValueError("input_ids must have at least one row (got an empty batch)")
-        gates = self.route_gates(self.gate_logits(history_ids))
+        logits = self.gate_logits(history_ids, input_ids, mask)
+        gates = self.route_gates(logits)
         h_b, h_s = self._dual_hidden(input_ids, mask, gates)
-        return self.fusion(h_b, h_s), gates
+        return {"z": self.fusion(h_b, h_s), "gates": gates, "logits": logits, "h_b": h_b, "h_s": h_s}
 
     def _check_recommend_args(self, history_ids, k, exclude_history, exclude_ids) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
@@ -250,6 +295,7 @@ class L2RecBase(nn.Module):
         return model
 
     def load_own_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        tensors = rename_legacy_router_keys(tensors)  # checkpoints from before router_inputs
         expected = self.own_state_dict()
         missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
         if missing or unexpected:
@@ -260,6 +306,26 @@ class L2RecBase(nn.Module):
                 raise ValueError(f"checkpoint tensor {k!r} has shape {list(v.shape)}, the model "
                                  f"expects {list(expected[k].shape)}")
         self.load_state_dict(tensors, strict=False)
+
+
+def load_balance_loss(logits: torch.Tensor, gates: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Switch-style balance over the experts, averaged over the views: E · Σ_e f_e · P_e,
+    f_e the share of the batch's gate mass on expert e (no gradient: with top-k it is the
+    share of users routed there), P_e the mean router probability; 1 when balanced."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)          # [V, B, E]
+    share = gates.detach().float().mean(1)
+    share = share / share.sum(-1, keepdim=True).clamp_min(1e-12)         # [V, E]
+    return (logits.shape[-1] * (share * probs.mean(1)).sum(-1)).mean()
+
+
+def cross_view_contrastive_loss(p_b: torch.Tensor, p_s: torch.Tensor,
+                                temperature: float) -> torch.Tensor:
+    """Bidirectional InfoNCE: user b's two views are the positive pair, the other users'
+    other view the negatives, behavioral -> semantic and back, averaged."""
+    p_b, p_s = F.normalize(p_b.float(), dim=-1), F.normalize(p_s.float(), dim=-1)
+    sim = p_b @ p_s.T / temperature                                        # [B, B]
+    target = torch.arange(sim.shape[0], device=sim.device)
+    return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
 
 
 def gather_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

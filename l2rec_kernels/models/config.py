@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NUM_VIEWS = 2  # view 0: behavioral, view 1: semantic
+ROUTER_INPUTS = ("user", "context", "interaction")
 
 
 @dataclass
 class L2RecConfig:
     """Hyper-parameters of L2Rec (docs/design.md section 1).
 
-    What the paper leaves open (expert count, rank, router and fusion forms) follows iLoRA's
-    public defaults: E=4 experts of rank 8, alpha=16 (so the low-rank scaling is alpha/rank).
+    The defaults follow iLoRA's public code (E=4 experts of rank 8, alpha=16, so the
+    low-rank scaling is alpha/rank; dense gates from the user vector alone; no shared
+    experts). ``L2RecConfig.paper(num_items)`` is the setup public reviews of the L2Rec
+    paper report (shared experts, context-aware top-2 routers, auxiliary losses).
+
+    DPMoE and routing:
+      num_shared_experts: ungated experts both views use on every row (DeepSeekMoE-style),
+        added with coefficient ``scaling``; 0 = none.
+      router_inputs: what each view's router reads, a subset of ``ROUTER_INPUTS``:
+        "user" (the view summary u_v, projected), "context" (the prompt summary c: the mean
+        of the backbone's input embeddings over the attended tokens, projected) and
+        "interaction" (the element-wise product of the two projections). Gates stay one
+        per user per view whatever the inputs.
+    Auxiliary training losses (added to ``loss`` when labels are given, each also reported
+    unweighted in ``L2RecOutput.aux_losses``; 0 = not computed):
+      load_balance_weight: Switch-style E · Σ_e f_e · P_e per view (f: share of users whose
+        gate uses expert e, P: mean router probability), averaged over the views.
+      contrastive_weight: bidirectional InfoNCE between the two views' preference
+        projections P_b h_b and P_s h_s of the same users (other users in the batch are the
+        negatives), at temperature ``contrastive_temperature``.
     """
 
     num_items: int
@@ -25,6 +45,11 @@ class L2RecConfig:
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     top_k: int | None = None
     gate_temperature: float = 1.0
+    num_shared_experts: int = 0
+    router_inputs: tuple[str, ...] = ("user",)
+    load_balance_weight: float = 0.0
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
     behavior_dim: int = 64          # d_cf: width of the SASRec item/state embeddings
     pref_dim: int = 128             # d_pref: width of the fused user preference z
     semantic_dim: int | None = None  # d_sem: item-text embedding width; None = backbone hidden
@@ -35,10 +60,39 @@ class L2RecConfig:
     sasrec_heads: int = 2
     score_temperature: float = 1.0  # tau_s in scores = z e_i^T / tau_s
     train_view_encoders: bool = False  # the paper freezes SASRec and the text table
-    extra: dict = field(default_factory=dict)  # free-form metadata, saved with the config
+
+    @classmethod
+    def paper(cls, num_items: int, **overrides) -> L2RecConfig:
+        """The setup public third-party reviews of the L2Rec paper report (unverified; the
+        paper's full text is not available to us): rank 8, shared experts plus
+        view-specific experts, routers over context, user and their interaction, top-2
+        gates, a load-balance and a cross-view contrastive loss. The counts (one shared
+        expert, four per view) and the loss weights are our choices, not reported values.
+        ``overrides`` replace any field."""
+        preset = dict(num_items=num_items, rank=8, alpha=16.0, num_experts=4, top_k=2,
+                      num_shared_experts=1, router_inputs=ROUTER_INPUTS,
+                      load_balance_weight=0.01, contrastive_weight=0.1)
+        return cls(**{**preset, **overrides})
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
+        if isinstance(self.router_inputs, str):
+            raise TypeError(f"L2RecConfig.router_inputs must be a tuple of names from "
+                            f"{ROUTER_INPUTS}, got the string {self.router_inputs!r}")
+        self.router_inputs = tuple(self.router_inputs)
+        if not self.router_inputs or len(set(self.router_inputs)) != len(self.router_inputs) \
+                or not set(self.router_inputs) <= set(ROUTER_INPUTS):
+            raise ValueError(f"L2RecConfig.router_inputs must be a non-empty subset of "
+                             f"{ROUTER_INPUTS} without repeats, got {self.router_inputs!r}")
+        # (kept in the canonical order, so equal sets give equal configs)
+        self.router_inputs = tuple(n for n in ROUTER_INPUTS if n in self.router_inputs)
+        n = self.num_shared_experts
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"L2RecConfig.num_shared_experts must be an int >= 0, got {n!r}")
+        for name in ("load_balance_weight", "contrastive_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"L2RecConfig.{name} must be a finite number >= 0, got {v!r}")
         for name in ("num_items", "num_experts", "rank", "behavior_dim", "pref_dim",
                      "router_hidden", "fusion_hidden", "max_history", "sasrec_layers",
                      "sasrec_heads"):
@@ -53,7 +107,7 @@ class L2RecConfig:
                                        or not 1 <= self.top_k <= self.num_experts):
             raise ValueError(f"L2RecConfig.top_k must be None or an int in [1, num_experts="
                              f"{self.num_experts}], got {self.top_k!r}")
-        for name in ("alpha", "gate_temperature", "score_temperature"):
+        for name in ("alpha", "gate_temperature", "score_temperature", "contrastive_temperature"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"L2RecConfig.{name} must be a positive finite number, got {v!r}")
@@ -72,10 +126,18 @@ class L2RecConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["target_modules"] = list(self.target_modules)
+        d["router_inputs"] = list(self.router_inputs)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> L2RecConfig:
+        """The config a ``to_dict`` wrote; older checkpoints' dicts lack the newer fields
+        (their defaults are the old behaviour) and may carry the removed ``extra`` field."""
+        d = dict(d)
+        extra = d.pop("extra", None)
+        if extra:
+            warnings.warn(f"L2RecConfig no longer has an 'extra' field; ignoring the saved "
+                          f"value {extra!r}", stacklevel=2)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -77,12 +77,15 @@ class FusedContext(adapters.RoutingContext):
         rows = x.reshape(-1, x.shape[-1])
         args = (module.weight, module.bias, experts.lora_a.to(x.dtype), experts.lora_b.to(x.dtype),
                 self.gates.to(x.dtype), self.seq_view, self.cu_seqlens, self.scaling)
+        shared = {}
+        if experts.shared_a is not None:
+            shared = {"shared_a": experts.shared_a.to(x.dtype), "shared_b": experts.shared_b.to(x.dtype)}
         block = self.repeated_input.get(module)
         if block is not None:  # one base GEMM for the block, copied once per repeat
             base = F.linear(rows[:block], module.weight, module.bias)
-            y = dpmoe_linear_torch(rows, *args, base=base.repeat(rows.shape[0] // block, 1))
+            y = dpmoe_linear_torch(rows, *args, base=base.repeat(rows.shape[0] // block, 1), **shared)
         else:  # metadata built by us (checked in tests): no value checks
-            y = dpmoe_linear(rows, *args, backend=self.backend, validate=False)
+            y = dpmoe_linear(rows, *args, backend=self.backend, validate=False, **shared)
         return y.view(*lead, y.shape[-1])
 
 
@@ -158,7 +161,7 @@ class FusedL2Rec(L2RecBase):
         """Which shortcuts a forward over ``seq_len``-token prompts on ``device`` takes:
         ``"last_rows"`` (the last layer for the last rows only) and ``"shared_first_qkv"``
         (the torch backend only). Empty when ``layer_shortcuts`` is off or the backbone does
-        not qualify (``layer_shortcuts.unsupported_reason`` says why)."""
+        not qualify (``layer_shortcuts.structure_reason`` and ``window_reason`` say why)."""
         if not self._layer_shortcuts or self._last_layer is None:  # None: structure_reason
             return ()
         taken = []

@@ -2,20 +2,77 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .config import ROUTER_INPUTS
 
 
 class ViewRouter(nn.Module):
-    """Router logits for one view: an MLP from the view summary to E expert logits."""
+    """Router logits for one view, from the inputs named in ``inputs`` (``ROUTER_INPUTS``):
 
-    def __init__(self, in_dim: int, hidden: int, num_experts: int) -> None:
+        p_u = U u + b_U,  p_c = C c + b_C                        (both [hidden])
+        f   = [p_u; p_c; p_u ⊙ p_c], the parts named in ``inputs``, in that order
+        logits = W · GELU(f) + b_W ∈ R^E
+
+    u is the view's user summary, c the prompt context (one per sequence). With
+    ``inputs=("user",)`` this is the iLoRA-style MLP u -> E.
+    """
+
+    def __init__(self, user_dim: int, context_dim: int, hidden: int, num_experts: int,
+                 inputs: tuple[str, ...] = ("user",)) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(),
-                                 nn.Linear(hidden, num_experts))
+        unknown = set(inputs) - set(ROUTER_INPUTS)
+        if not inputs or unknown:
+            raise ValueError(f"inputs must be a non-empty subset of {ROUTER_INPUTS}, got {inputs!r}")
+        self.inputs = tuple(n for n in ROUTER_INPUTS if n in inputs)
+        both = "interaction" in inputs
+        self.user_proj = nn.Linear(user_dim, hidden) if both or "user" in inputs else None
+        self.context_proj = nn.Linear(context_dim, hidden) if both or "context" in inputs else None
+        self.out = nn.Linear(len(self.inputs) * hidden, num_experts)
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.net(u)
+    @property
+    def needs_context(self) -> bool:
+        return self.context_proj is not None
+
+    def forward(self, u: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self.needs_context and context is None:
+            raise ValueError(f"this router reads {self.inputs}, which needs the prompt context")
+        p_u = None if self.user_proj is None else self.user_proj(u)
+        p_c = None if self.context_proj is None else self.context_proj(context.to(self.out.weight.dtype))
+        parts = {"user": p_u, "context": p_c}
+        if "interaction" in self.inputs:
+            parts["interaction"] = p_u * p_c
+        feats = torch.cat([parts[n] for n in self.inputs], dim=-1)
+        return self.out(F.gelu(feats))
+
+
+# Before the context-aware routers, a router was ``net = Sequential(Linear, GELU, Linear)``:
+# the same math as inputs=("user",) with user_proj = net.0 and out = net.2.
+_LEGACY_ROUTER_KEYS = {"net.0.": "user_proj.", "net.2.": "out."}
+
+
+_LEGACY_ROUTER_KEY = re.compile(r"((?:^|\.)routers\.\d+\.)net\.([02])\.")
+
+
+def rename_legacy_router_keys(state: dict) -> dict:
+    """``state`` (a model's own state dict) with old-style router keys
+    (``routers.<v>.net.0.*``, ``routers.<v>.net.2.*``) renamed to today's."""
+    def rename(key: str) -> str:
+        return _LEGACY_ROUTER_KEY.sub(
+            lambda m: m.group(1) + _LEGACY_ROUTER_KEYS[f"net.{m.group(2)}."], key, count=1)
+    return {rename(k): v for k, v in state.items()}
+
+
+def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+    # load_state_dict pre-hook: an old checkpoint's router keys load into the new names.
+    for old, new in _LEGACY_ROUTER_KEYS.items():
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
 class CrossViewFusion(nn.Module):
@@ -37,6 +94,11 @@ class CrossViewFusion(nn.Module):
         h_b, h_s = h_b.to(dtype), h_s.to(dtype)
         beta = torch.sigmoid(self.gate(torch.cat([h_b, h_s, h_b * h_s], dim=-1)))
         return beta * self.proj_b(h_b) + (1 - beta) * self.proj_s(h_s)
+
+    def project(self, h_b: torch.Tensor, h_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P_b h_b, P_s h_s): each view's preference before the fusion gate mixes them."""
+        dtype = self.proj_b.weight.dtype
+        return self.proj_b(h_b.to(dtype)), self.proj_s(h_s.to(dtype))
 
 
 class ItemScorer(nn.Module):

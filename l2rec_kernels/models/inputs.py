@@ -24,13 +24,18 @@ class L2RecOutput:
                 (column 0 is the padding item and scores -inf)
     preference  [B, pref_dim]: the fused user preference z
     gates       [2, B, E]: view 0 behavioral, view 1 semantic
-    loss        cross-entropy over ``scores`` when labels are given, else None
+    loss        when labels are given: cross-entropy over ``scores`` plus each auxiliary
+                loss times its weight (``L2RecConfig.load_balance_weight``,
+                ``contrastive_weight``); else None
+    aux_losses  when labels are given: the auxiliary losses with a non-zero weight,
+                unweighted, by name ("load_balance", "contrastive"); else None
     """
 
     scores: torch.Tensor
     preference: torch.Tensor
     gates: torch.Tensor
     loss: torch.Tensor | None = None
+    aux_losses: dict[str, torch.Tensor] | None = None
 
 
 def check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, labels, *,

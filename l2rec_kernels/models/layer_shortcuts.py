@@ -8,13 +8,14 @@ positions only through their keys and values. So for that layer, with ``l`` the 
 a sequence:
 
     x        = input_norm(h)                      all rows (the keys and values need them)
-    k, v     = rope(x W_kᵀ), x W_vᵀ               all rows
-    q        = rope(x[l] W_qᵀ)                    one row per sequence
+    k, v     = rope(k_norm(x W_kᵀ)), x W_vᵀ       all rows
+    q        = rope(q_norm(x[l] W_qᵀ))            one row per sequence
     a        = softmax(q kᵀ · scale + mask) v     row l attends to its sequence's attended
                                                   positions up to l (causal + padding mask)
     h'       = h[l] + a W_oᵀ
     out      = h' + mlp(post_norm(h'))            one row per sequence
 
+(q_norm, k_norm: Qwen3's per-head RMS norms of queries and keys; the identity elsewhere),
 where every targeted projection is still its DPMoE linear (the active routing context
 answers for it, with one row per sequence). The query, output and MLP projections, most of
 a layer's FLOPs, run for one row per sequence instead of T: at T = 96 and 4 layers, about a
@@ -28,10 +29,13 @@ twice; ``x Wᵀ + b`` of its q/k/v projections is computed on one copy and repea
 experts, which differ by view, are added to each copy as usual).
 
 Supported: the decoder layers of the model types in ``SUPPORTED_MODEL_TYPES`` (standard
-pre-norm attention + MLP with rotary positions), on transformers >= 4.54 (where a decoder
-layer returns its hidden states as a tensor), and for (1) not under a sliding window
-narrower than the prompt. ``unsupported_reason`` says why a backbone does not qualify; then
-every layer runs whole, as in the plain model.
+pre-norm attention + MLP with rotary positions, and for Qwen3 per-head q/k norms before the
+rotation), on transformers >= 4.54 (where a decoder layer returns its hidden states as a
+tensor), and for (1) not under a sliding window narrower than the prompt.
+``structure_reason`` and ``window_reason`` say why a backbone does not qualify; then every
+layer runs whole, as in the plain model. Not the same change, so not supported: OLMo2
+(norms after the attention and MLP, q/k norms over all heads at once) and Gemma3 (four
+norms per layer, scaled embeddings, alternating sliding windows).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from torch import nn
 
 from . import adapters
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "qwen3")
 MIN_TRANSFORMERS = (4, 54)
 _QKV = ("q_proj", "k_proj", "v_proj")
 _PROJECTIONS = (*_QKV, "o_proj")
@@ -102,16 +106,9 @@ def structure_reason(backbone: nn.Module) -> str | None:
     if attn is None or not all(isinstance(getattr(attn, p, None), nn.Linear) for p in _PROJECTIONS) \
             or not all(hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm", "mlp")):
         return "the last decoder layer is not a standard pre-norm attention + MLP layer"
-    if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
-        return "the attention normalises queries/keys"
+    if (hasattr(attn, "q_norm") or hasattr(attn, "k_norm")) and model_type != "qwen3":
+        return "the attention normalises queries/keys in a way the shortcut does not repeat"
     return None
-
-
-def unsupported_reason(backbone: nn.Module, seq_len: int | None = None) -> str | None:
-    """Why ``backbone`` does not qualify for the shortcuts (None: it does). Without
-    ``seq_len`` this is the check for both; with it, also that no sliding window cuts a
-    prompt of that length, which only the last-rows shortcut needs."""
-    return structure_reason(backbone) or window_reason(backbone, seq_len)
 
 
 class LastRowsPlan:
@@ -162,7 +159,8 @@ class LastRowsPlan:
         sin = sin.expand(*hidden.shape[:2], -1).reshape(-1, 1, head_dim)
 
         x = layer.input_layernorm(hidden)              # keys and values: every row
-        keys = _rope(attn.k_proj(x).reshape(flat.shape[0], -1, head_dim), cos, sin)
+        keys = _rope(_head_norm(attn, "k_norm", attn.k_proj(x).reshape(flat.shape[0], -1, head_dim)),
+                     cos, sin)
         values = attn.v_proj(x).reshape(flat.shape[0], -1, head_dim)
         if self.key_index is None:                      # padded: [S, T, kv_heads, head_dim]
             keys, values = keys.view(seqs, -1, *keys.shape[1:]), values.view(seqs, -1, *values.shape[1:])
@@ -172,7 +170,7 @@ class LastRowsPlan:
 
         with adapters.activate(self.row_context):       # one row per sequence from here on
             query = attn.q_proj(x.reshape(-1, width)[self.rows]).view(seqs, -1, head_dim)
-            query = _rope(query, cos[self.rows], sin[self.rows])
+            query = _rope(_head_norm(attn, "q_norm", query), cos[self.rows], sin[self.rows])
             # Grouped-query attention: the query heads sharing a kv head (head h uses kv head
             # h // group, as transformers' repeat_kv does) are that kv head's queries; there
             # is no causal mask between them, so no kv head is ever copied.
@@ -183,6 +181,13 @@ class LastRowsPlan:
             out = flat[self.rows] + attn.o_proj(mixed.reshape(seqs, -1))
             out = out + layer.mlp(layer.post_attention_layernorm(out))
         return out[:, None] if self.key_index is None else out[None]
+
+
+def _head_norm(attn: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Qwen3's per-head RMS norm of queries or keys ([..., heads, head_dim]), if the
+    attention has it, as its own forward applies it: before the rotation."""
+    norm = getattr(attn, name, None)
+    return x if norm is None else norm(x)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

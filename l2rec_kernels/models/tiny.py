@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHITECTURES = ("llama", "qwen2", "mistral")
+ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3")
 
 
 def tiny_backbone(arch: str = "llama", *, hidden: int = 64, layers: int = 2, heads: int = 4,
@@ -24,6 +24,7 @@ def tiny_backbone(arch: str = "llama", *, hidden: int = 64, layers: int = 2, hea
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     }
     if arch not in classes:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
@@ -31,7 +32,9 @@ def tiny_backbone(arch: str = "llama", *, hidden: int = 64, layers: int = 2, hea
     cfg = config_cls(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                      num_key_value_heads=kv_heads, intermediate_size=intermediate or 3 * hidden,
                      vocab_size=vocab, max_position_embeddings=max_positions,
-                     tie_word_embeddings=False, attention_dropout=0.0)
+                     tie_word_embeddings=False, attention_dropout=0.0,
+                     # Qwen3's default head_dim is 128 whatever the width; keep hidden / heads
+                     **({"head_dim": hidden // heads} if arch == "qwen3" else {}))
     cfg._attn_implementation = attn_implementation
     with torch.random.fork_rng():
         torch.manual_seed(seed)

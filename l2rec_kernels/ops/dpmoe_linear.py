@@ -1,13 +1,16 @@
-"""``dpmoe_linear``: a frozen linear plus per-sequence, per-view gated low-rank experts.
+"""``dpmoe_linear``: a frozen linear plus per-view gated low-rank experts, and optional
+ungated shared experts.
 
-    y[i] = x[i] Wᵀ + b + scaling · Σ_e gates[s, e] · (x[i] lora_a[v, e]ᵀ) lora_b[v, e]ᵀ
-    for row i of sequence s (cu_seqlens[s] <= i < cu_seqlens[s+1]) and v = seq_view[s].
+    y[i] = x[i] Wᵀ + b + scaling · Σ_e g[i, e] · (x[i] lora_a[v, e]ᵀ) lora_b[v, e]ᵀ
+                       + scaling · Σ_f (x[i] shared_a[f]ᵀ) shared_b[f]ᵀ
+    for row i of sequence s (cu_seqlens[s] <= i < cu_seqlens[s+1]), v = seq_view[s], and
+    g[i] = gates[s] (one gate row per sequence) or gates[i] (``per_row_gates=True``).
 
-Because a gate is per sequence, not per row, the expert sum is one low-rank product of rank
-V·E·r with a per-row scaling in the middle (docs/design.md section 2):
+Whatever the gates, the expert sum is one low-rank product of rank V·E·r (+ Es·r for the
+shared experts) with a per-row scaling in the middle (docs/design.md section 2):
 
     Σ_e g[e] (x A[v,e]ᵀ) B[v,e]ᵀ = ((x A_allᵀ) ⊙ coef) B_all,   A_all = lora_a as [V·E·r, d_in]
-    coef[i, (v', e, j)] = scaling · gates[s, e] if v' == seq_view[s] else 0
+    coef[i, (v', e, j)] = scaling · g[i, e] if v' == seq_view[s] else 0;  scaling for shared
 
 Backends: ``"torch"`` (aten ops, differentiable, the CPU default) and ``"triton"``
 (``_dpmoe_triton``: inference only, GPU or CPU under ``TRITON_INTERPRET=1``); ``"auto"`` is
@@ -37,19 +40,25 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  lora_a: torch.Tensor, lora_b: torch.Tensor, gates: torch.Tensor,
                  seq_view: torch.Tensor, cu_seqlens: torch.Tensor, scaling: float,
-                 backend: str = "auto", *, validate: bool | None = None) -> torch.Tensor:
-    """Frozen linear + dual-view mixture of low-rank experts, one gate row per sequence.
+                 backend: str = "auto", *, shared_a: torch.Tensor | None = None,
+                 shared_b: torch.Tensor | None = None, per_row_gates: bool = False,
+                 validate: bool | None = None) -> torch.Tensor:
+    """Frozen linear + dual-view mixture of low-rank experts (+ optional shared experts).
 
     Args:
         x: [M, d_in] float (fp32, fp16, bf16; fp64 on the torch backend only).
         weight: [d_out, d_in], bias: [d_out] or None.
         lora_a: [V, E, r, d_in]; lora_b: [V, E, d_out, r] (view, expert, ...).
-        gates: [S, E], one row per sequence.
+        gates: [S, E], one row per sequence; [M, E], one row per x row, with
+            ``per_row_gates=True`` (token-level routing).
         seq_view: [S] integer in [0, V): the view (expert set) each sequence uses.
         cu_seqlens: [S+1] integer, 0 = cu_seqlens[0] <= ... <= cu_seqlens[S] = M; rows
             cu_seqlens[s]:cu_seqlens[s+1] belong to sequence s (empty sequences allowed).
         scaling: python real number (alpha / r), multiplies the expert sum.
         backend: "auto", "torch" or "triton" ("cuda" is not implemented for this op).
+        shared_a: [Es, r, d_in], shared_b: [Es, d_out, r], both or neither: experts every
+            row uses ungated (coefficient ``scaling``), whatever its view.
+        per_row_gates: whether ``gates`` has one row per x row instead of per sequence.
         validate: value checks (seq_view range, cu_seqlens offsets, finite gates) read tensor
             values, i.e. a device->host sync. ``None`` (default) = run them for CPU tensors and
             skip them for CUDA tensors and while torch.compile traces; ``True`` = always (syncs
@@ -63,7 +72,8 @@ def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     backend is inference only: it raises RuntimeError if grad mode is on and an input
     requires grad. Even without value checks the triton kernels never read out of bounds.
     """
-    _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling)
+    _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling,
+                    shared_a, shared_b, per_row_gates)
     name = resolve_backend_traceable(backend, x.device.type, "dpmoe_linear", ("triton", "torch"))
     if _want_value_checks(validate, x):
         _check_values(x, lora_a, gates, seq_view, cu_seqlens)
@@ -71,11 +81,12 @@ def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         if x.dtype not in TRITON_DTYPES:
             raise TypeError(f"backend='triton' supports x dtypes float32, float16, bfloat16 for "
                             f"dpmoe_linear, got {x.dtype}; use backend='torch'")
-        _refuse_grad(x, weight, bias, lora_a, lora_b, gates)
+        _refuse_grad(x, weight, bias, lora_a, lora_b, gates, shared_a, shared_b)
         return triton_op()(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
-                           float(scaling))
+                           float(scaling), shared_a, shared_b, per_row_gates)
     return dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
-                              float(scaling))
+                              float(scaling), shared_a=shared_a, shared_b=shared_b,
+                              per_row_gates=per_row_gates)
 
 
 # The per-view path pays a few small launches per run of same-view rows; below this many
@@ -84,7 +95,8 @@ MIN_ROWS_PER_RUN = 128
 
 
 def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
-                       scaling: float, *, split_views: bool | None = None,
+                       scaling: float, *, shared_a=None, shared_b=None, per_row_gates=False,
+                       split_views: bool | None = None,
                        base: torch.Tensor | None = None) -> torch.Tensor:
     """The torch path (inputs already validated). Never builds [rows, E, d_out]; every op is
     differentiable; the output is the base GEMM's contiguous buffer.
@@ -92,14 +104,15 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
     Two ways to add the experts to the base GEMM ``y = x Wᵀ + b``:
 
     * concatenated (sync-free: CUDA tensors, torch.compile): ONE shrink over both views'
-      experts, so x is read once (a shrink per view re-reads x, which is memory-bound
-      next to the base GEMM); the gate coefficient (scaling folded in, 0 for the unused view)
-      multiplies h viewed as [M, V·E, r], never repeated over r; one expand into y.
+      experts and the shared ones, so x is read once (a shrink per view re-reads x, which is
+      memory-bound next to the base GEMM); the coefficient (scaling folded in, 0 for the
+      unused view) multiplies h viewed as [M, V·E + Es, r], never repeated over r; one
+      expand into y.
     * per view run (CPU eager, the default there): rows come in runs of consecutive
       sequences of one view (FusedL2Rec stacks view-major: 2 runs). Each run shrinks and
-      expands with its own view's experts only: x is still read once (runs are disjoint)
-      and the zero half of the concatenated product is skipped (bench/kernel_dpmoe_linear.py
-      times both strategies).
+      expands with its own view's experts (and the shared ones) only: x is still read once
+      (runs are disjoint) and the zero half of the concatenated product is skipped
+      (bench/kernel_dpmoe_linear.py times both strategies).
       Finding the runs reads seq_view and cu_seqlens on the host, free for CPU tensors.
 
     ``split_views``: None = per-view runs when the tensors are on the CPU, not under
@@ -112,32 +125,54 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
     y = F.linear(x, weight, bias) if base is None else base
     if x.shape[0] == 0:
         return y
+    M = x.shape[0]
     V, E, R, d_in = lora_a.shape
     d_out = weight.shape[0]
     # B_all: lora_b's [d_out, r] blocks transposed to [E·r, d_out] per view; one small copy
     # (V·E·r·d_out elements), since lora_b's layout cannot be flattened to it as a view.
     b_all = lora_b.transpose(-1, -2).reshape(V, E * R, d_out)
+    shared = None
+    if shared_a is not None:  # the shared experts join every shrink and expand as extra columns
+        es = shared_a.shape[0]
+        shared = (shared_a.reshape(es * R, d_in), shared_b.transpose(-1, -2).reshape(es * R, d_out),
+                  x.new_full((1, es), scaling))
     forced = split_views is not None
     if not forced:
         split_views = values_are_free(x)
     runs = _view_runs(seq_view, cu_seqlens, 1 if forced else MIN_ROWS_PER_RUN) if split_views else None
     if runs is None:
-        M = x.shape[0]
-        h = F.linear(x, lora_a.reshape(V * E * R, d_in))                       # [M, V·E·r]
-        coef = _row_coefficients(gates, seq_view, cu_seqlens, V, scaling, M)  # [M, V·E]
-        h = (h.view(M, V * E, R) * coef.unsqueeze(-1)).view(M, V * E * R)
-        # In place into the base output: y stays contiguous, no second [M, d_out] buffer.
-        # Autograd allows it: linear saves x and W for backward, not its output.
-        return y.addmm_(h, b_all.reshape(V * E * R, d_out))  # a view when b_all was copied
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        coef = _row_coefficients(gates, seq_view, cu_seqlens, V, scaling, M, per_row_gates)
+        _add_experts(y, x, lora_a.reshape(V * E * R, d_in), b_all.reshape(V * E * R, d_out),
+                     coef, R, shared)
+        return y
+    lengths = None if per_row_gates else (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     for row_lo, row_hi, seq_lo, seq_hi, v in runs:
         n = row_hi - row_lo
-        h = F.linear(x[row_lo:row_hi], lora_a[v].reshape(E * R, d_in))       # [n, E·r]
-        coef = torch.repeat_interleave(gates[seq_lo:seq_hi] * scaling, lengths[seq_lo:seq_hi],
-                                       dim=0, output_size=n)                # [n, E]
-        h = (h.view(n, E, R) * coef.unsqueeze(-1)).view(n, E * R)
-        y[row_lo:row_hi].addmm_(h, b_all[v])  # a row range of y: still contiguous memory
+        if per_row_gates:
+            coef = gates[row_lo:row_hi] * scaling                               # [n, E]
+        else:
+            coef = torch.repeat_interleave(gates[seq_lo:seq_hi] * scaling, lengths[seq_lo:seq_hi],
+                                           dim=0, output_size=n)               # [n, E]
+        # a row range of y: still contiguous memory, updated in place
+        _add_experts(y[row_lo:row_hi], x[row_lo:row_hi], lora_a[v].reshape(E * R, d_in), b_all[v],
+                     coef, R, shared)
     return y
+
+
+def _add_experts(y, x, a_cat, b_cat, coef, rank: int, shared) -> None:
+    """y += ((x a_catᵀ) ⊙ coef repeated over each expert's r columns) b_cat, in place.
+
+    ``shared`` (None or (a [Es·r, d_in], b [Es·r, d_out], coef row [1, Es])) appends the
+    shared experts' columns, so x is read by one shrink and y written by one expand."""
+    n = x.shape[0]
+    if shared is not None:
+        a_cat, b_cat = torch.cat([a_cat, shared[0]]), torch.cat([b_cat, shared[1]])
+        coef = torch.cat([coef, shared[2].expand(n, -1)], dim=1)
+    h = F.linear(x, a_cat)                                                  # [n, cols]
+    h = (h.view(n, -1, rank) * coef.unsqueeze(-1)).view(n, -1)
+    # In place into the base output: y stays contiguous, no second [n, d_out] buffer.
+    # Autograd allows it: linear saves x and W for backward, not its output.
+    y.addmm_(h, b_cat)
 
 
 def _view_runs(seq_view, cu_seqlens, min_rows_per_run: int):
@@ -165,14 +200,20 @@ def _view_runs(seq_view, cu_seqlens, min_rows_per_run: int):
 
 
 def _row_coefficients(gates, seq_view, cu_seqlens, num_views: int, scaling: float,
-                      num_rows: int) -> torch.Tensor:
-    """coef [M, V·E]: row i of sequence s gets scaling·gates[s] in its view's block, 0 elsewhere."""
-    S, E = gates.shape
+                      num_rows: int, per_row_gates: bool = False) -> torch.Tensor:
+    """coef [M, V·E]: row i of sequence s gets scaling·g[i] in seq_view[s]'s block, 0 elsewhere
+    (g[i] = gates[s], or gates[i] with per-row gates)."""
+    E = gates.shape[1]
     views = torch.arange(num_views, device=gates.device)
-    uses = (seq_view.view(S, 1, 1) == views.view(1, num_views, 1)).to(gates.dtype)  # [S, V, 1]
-    per_seq = (uses * (gates * scaling).unsqueeze(1)).reshape(S, num_views * E)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     # output_size: the result size is known, so no device->host sync to sum the lengths.
+    if per_row_gates:  # expand the views to rows, keep the gates as they are
+        row_view = torch.repeat_interleave(seq_view, lengths, output_size=num_rows)
+        uses = (row_view.view(-1, 1, 1) == views.view(1, num_views, 1)).to(gates.dtype)
+        return (uses * (gates * scaling).unsqueeze(1)).reshape(num_rows, num_views * E)
+    S = gates.shape[0]
+    uses = (seq_view.view(S, 1, 1) == views.view(1, num_views, 1)).to(gates.dtype)  # [S, V, 1]
+    per_seq = (uses * (gates * scaling).unsqueeze(1)).reshape(S, num_views * E)
     return torch.repeat_interleave(per_seq, lengths, dim=0, output_size=num_rows)
 
 
@@ -200,7 +241,8 @@ def _want_value_checks(validate: bool | None, x: torch.Tensor) -> bool:
     return values_are_free(x)
 
 
-def _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling):
+def _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling,
+                    shared_a=None, shared_b=None, per_row_gates=False):
     """Types, ranks, shapes, dtypes and devices: free (no tensor values are read)."""
     check_float("x", x, ndim=2)
     dev, dt = x.device, x.dtype
@@ -218,17 +260,32 @@ def _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens
         raise ValueError(f"lora_a [V, E, r, d_in] needs V, E, r >= 1, got shape {list(lora_a.shape)}")
     check_float("lora_b", lora_b, ndim=4, device=dev)
     check_shape("lora_b", lora_b, (V, E, d_out, R))
+    if not isinstance(per_row_gates, bool):
+        raise TypeError(f"per_row_gates must be a bool, got {type(per_row_gates).__name__}")
     check_float("gates", gates, ndim=2, device=dev)
-    check_shape("gates", gates, (None, E))
-    S = gates.shape[0]
+    # One gate row per sequence (S = gates.shape[0]), or per x row with per_row_gates.
+    check_shape("gates", gates, (M if per_row_gates else None, E))
     check_int("seq_view", seq_view, ndim=1, device=dev)
-    check_shape("seq_view", seq_view, (S,))
+    if not per_row_gates:
+        check_shape("seq_view", seq_view, (gates.shape[0],))
+    S = seq_view.shape[0]
     check_int("cu_seqlens", cu_seqlens, ndim=1, device=dev)
     check_shape("cu_seqlens", cu_seqlens, (S + 1,))
     if S == 0 and M > 0:
         raise ValueError(f"x has {M} rows but gates/seq_view describe 0 sequences")
+    if (shared_a is None) != (shared_b is None):
+        raise ValueError("shared_a and shared_b must be given together (or neither), got "
+                         f"shared_a={'None' if shared_a is None else 'a tensor'} and "
+                         f"shared_b={'None' if shared_b is None else 'a tensor'}")
+    if shared_a is not None:
+        check_float("shared_a", shared_a, ndim=3, device=dev)
+        check_shape("shared_a", shared_a, (None, R, d_in))
+        if shared_a.shape[0] < 1:
+            raise ValueError(f"shared_a [Es, r, d_in] needs Es >= 1, got shape {list(shared_a.shape)}")
+        check_float("shared_b", shared_b, ndim=3, device=dev)
+        check_shape("shared_b", shared_b, (shared_a.shape[0], d_out, R))
     for name, t in (("weight", weight), ("bias", bias), ("lora_a", lora_a), ("lora_b", lora_b),
-                    ("gates", gates)):
+                    ("gates", gates), ("shared_a", shared_a), ("shared_b", shared_b)):
         if t is not None and t.dtype != dt:
             raise TypeError(f"{name} must have x's dtype {dt} (no implicit casts), got {t.dtype}")
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
