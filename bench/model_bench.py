@@ -23,12 +23,19 @@ routing on the same batch (a warning on stderr if not), so the peer is a fair on
 
 Inputs rotate between a few batches so caches don't flatter a provider.
 
-Sizes (``AXES``; ``default_sizes``): every combination of the users per batch and the
-model's seq_len, layers, experts, rank and items, around ``CPU_SHAPE`` (``--quick`` and the
-CPU) or ``QWEN05_SHAPE`` (a full run on a GPU); ``--set model.AXIS=V1,V2`` replaces an
-axis' values, e.g.
+The PEFT peer is built only for the iLoRA-style presets (no shared experts, routers over
+the user vector alone), the ones its one-adapter-per-sequence batch can serve.
+
+Sizes (``AXES``; ``default_sizes``): every combination of the users per batch, the base
+model ``shape`` (``MODEL_SHAPES``: the architecture, its widths and the L2Rec preset) and
+its seq_len, layers, experts, rank and items (by default the shape's own). By default:
+``cpu-small`` (Llama, iLoRA defaults) on the CPU, plus ``cpu-small-qwen3-paper`` (Qwen3,
+``L2RecConfig.paper``) in a full CPU run, and ``qwen3-0.6b-paper`` (Qwen3-0.6B's widths,
+the paper's setup) in a full GPU run. ``--set model.AXIS=V1,V2`` replaces an axis' values,
+e.g.
 
     python bench/latency.py --sections model --set model.users=1,4 --set model.seq_len=256
+    python bench/latency.py --set model.shape=qwen2-0.5b,qwen3-0.6b-paper --set model.users=16
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from _report import Axis, Case, RunConfig, all_sizes, grid, stats_rows
+from _report import Axis, Case, RunConfig, all_sizes, grid, positive_int, stats_rows
 from _timing import Rotation, interleaved
 
 from l2rec_kernels import FusedL2Rec, L2Rec, L2RecConfig
@@ -66,24 +73,52 @@ class ModelShape:
     num_experts: int = 4
     rank: int = 8
     num_items: int = 1000
+    arch: str = "llama"
+    head_dim: int | None = None  # None: hidden / heads
+    preset: str = "default"      # "default" (iLoRA's) or "paper" (L2RecConfig.paper)
 
     def label(self, users: int) -> str:
         return (f"{self.name} B={users} T={self.seq_len} h={self.hidden} L={self.layers} "
                 f"E={self.num_experts} r={self.rank}")
 
+    def config(self) -> L2RecConfig:
+        if self.preset == "paper":
+            return L2RecConfig.paper(self.num_items, num_experts=self.num_experts, rank=self.rank)
+        return L2RecConfig(num_items=self.num_items, num_experts=self.num_experts, rank=self.rank)
 
-# The CPU acceptance shape of the FusedL2Rec issue, and a Qwen2-0.5B-class GPU shape.
+
+# The CPU acceptance shape of the FusedL2Rec issue (Llama, iLoRA defaults) and the same
+# widths on Qwen3 with the paper's setup; GPU: Qwen3-0.6B's widths with the paper's setup
+# (the headline: the backbone the paper reports) and a Qwen2-0.5B-class shape.
 CPU_SHAPE = ModelShape("cpu-small", 512, 4, 8, 4, 1376, 4000, 96)
-QWEN05_SHAPE = ModelShape("qwen2-0.5b", 896, 24, 14, 2, 4864, 151936, 256, rank=8)
+CPU_QWEN3_PAPER_SHAPE = dataclasses.replace(CPU_SHAPE, name="cpu-small-qwen3-paper", arch="qwen3",
+                                            preset="paper")
+QWEN05_SHAPE = ModelShape("qwen2-0.5b", 896, 24, 14, 2, 4864, 151936, 256, rank=8, arch="qwen2")
+QWEN3_06B_SHAPE = ModelShape("qwen3-0.6b-paper", 1024, 28, 16, 8, 3072, 151936, 256, arch="qwen3",
+                             head_dim=128, preset="paper")
+MODEL_SHAPES = {s.name: s for s in (CPU_SHAPE, CPU_QWEN3_PAPER_SHAPE, QWEN05_SHAPE, QWEN3_06B_SHAPE)}
+
+
+def shape_name(text: str) -> str:
+    if text not in MODEL_SHAPES:
+        raise ValueError(f"expected one of {', '.join(MODEL_SHAPES)}")
+    return text
+
+
+def own_or_int(text: str):
+    """An axis value: a positive int, or "own" (the base shape's value)."""
+    return None if text == "own" else positive_int(text)
 # The sizes ``latency.py --set model.AXIS=...`` chooses -> the ModelShape field they set
 # ("users" is the batch, not a field).
+_OWN = {"parse": own_or_int, "show": lambda v: "own" if v is None else str(v)}
 AXES = {
     "users": Axis("users per batch (B); the backbone sees 2B sequences"),
-    "seq_len": Axis("prompt tokens per sequence (T)"),
-    "layers": Axis("decoder layers"),
-    "experts": Axis("experts per view (E)"),
-    "rank": Axis("LoRA rank of every expert (r)"),
-    "items": Axis("catalogue items scored"),
+    "shape": Axis(f"base model: {', '.join(MODEL_SHAPES)}", parse=shape_name),
+    "seq_len": Axis("prompt tokens per sequence (T); own = the shape's", **_OWN),
+    "layers": Axis("decoder layers; own = the shape's", **_OWN),
+    "experts": Axis("experts per view (E); own = the shape's", **_OWN),
+    "rank": Axis("LoRA rank of every expert (r); own = the shape's", **_OWN),
+    "items": Axis("catalogue items scored; own = the shape's", **_OWN),
 }
 SHAPE_FIELDS = {"seq_len": "seq_len", "layers": "layers", "experts": "num_experts", "rank": "rank",
                 "items": "num_items"}
@@ -93,18 +128,22 @@ def build_models(shape: ModelShape, device: torch.device, dtype: torch.dtype,
                  fused_backends: tuple[str, ...], peft: bool = False):
     """(L2Rec, {backend: FusedL2Rec}, PEFT model or None). The PEFT model wraps a deep copy
     of the backbone taken before L2Rec patches its linears, so the two never interfere."""
-    arch = "qwen2" if shape.name.startswith("qwen2") else "llama"
-    backbone = tiny_backbone(arch, hidden=shape.hidden, layers=shape.layers, heads=shape.heads,
-                             kv_heads=shape.kv_heads, intermediate=shape.intermediate,
+    backbone = tiny_backbone(shape.arch, hidden=shape.hidden, layers=shape.layers,
+                             heads=shape.heads, kv_heads=shape.kv_heads,
+                             intermediate=shape.intermediate, head_dim=shape.head_dim,
                              vocab=shape.vocab, max_positions=max(512, shape.seq_len),
                              dtype=dtype).to(device)
+    cfg = shape.config()
+    # The PEFT peer serves one adapter per sequence: no shared experts, no prompt-aware router.
+    peft = peft and cfg.num_shared_experts == 0 and cfg.router_inputs == ("user",)
     memo: dict[int, object] = {}
     peft_backbone = copy.deepcopy(backbone, memo) if peft else None
-    cfg = L2RecConfig(num_items=shape.num_items, num_experts=shape.num_experts, rank=shape.rank)
     ref = L2Rec(backbone, cfg).to(device)
     with torch.no_grad():  # random experts: a zero expert B would let a kernel skip work
         for experts in ref.experts.values():
             experts.lora_b.normal_(0, 0.02)
+            if experts.shared_b is not None:
+                experts.shared_b.normal_(0, 0.02)
     ref.validate_inputs = False  # time the models, not the input checks
     fused = {b: FusedL2Rec.from_reference(ref, backend=b) for b in fused_backends}
     for f in fused.values():
@@ -235,19 +274,19 @@ def fused_backends(device: torch.device, quick: bool) -> tuple[str, ...]:
     return tuple(out) or ("torch",)
 
 
-def base_shape(cfg: RunConfig) -> ModelShape:
-    return QWEN05_SHAPE if cfg.cuda and not cfg.quick else CPU_SHAPE
-
-
 def default_sizes(cfg: RunConfig) -> dict[str, list]:
-    base = base_shape(cfg)
+    if cfg.quick:
+        shapes = [CPU_SHAPE.name]
+    elif cfg.cuda:
+        shapes = [QWEN3_06B_SHAPE.name]
+    else:
+        shapes = [CPU_SHAPE.name, CPU_QWEN3_PAPER_SHAPE.name]
     users = [8] if cfg.quick else [8, 16, 32, 64] if cfg.cuda else [4, 8, 16]
-    return {"users": users, **{axis: [getattr(base, field)] for axis, field in SHAPE_FIELDS.items()}}
+    return {"users": users, "shape": shapes, **{axis: [None] for axis in SHAPE_FIELDS}}
 
 
 def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Case]:
     """The model section: one case per combination of the sizes (by default per batch size)."""
-    base = base_shape(cfg)
     backends = fused_backends(cfg.device, cfg.quick)
     timing = cfg.timing(3, 1) if cfg.quick else cfg.timing(10, 3)
 
@@ -267,7 +306,8 @@ def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Ca
 
     out = []
     for point in grid(all_sizes(default_sizes(cfg), sizes)):
-        shape = dataclasses.replace(base, **{field: point[axis] for axis, field in SHAPE_FIELDS.items()})
+        shape = dataclasses.replace(MODEL_SHAPES[point["shape"]], **{
+            field: point[axis] for axis, field in SHAPE_FIELDS.items() if point[axis] is not None})
         out.append(Case(f"model {shape.label(point['users'])}",
                         lambda shape=shape, users=point["users"]: run(shape, users)))
     return out

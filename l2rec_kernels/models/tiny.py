@@ -14,10 +14,12 @@ ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3")
 
 
 def tiny_backbone(arch: str = "llama", *, hidden: int = 64, layers: int = 2, heads: int = 4,
-                  kv_heads: int = 2, intermediate: int | None = None, vocab: int = 256,
+                  kv_heads: int = 2, intermediate: int | None = None, head_dim: int | None = None,
+                  vocab: int = 256,
                   max_positions: int = 512, seed: int = 0, dtype: torch.dtype = torch.float32,
                   attn_implementation: str = "sdpa") -> nn.Module:
-    """A random-weight causal LM of architecture ``arch``, frozen-ready, in eval mode."""
+    """A random-weight causal LM of architecture ``arch``, frozen-ready, in eval mode
+    (``head_dim`` None: hidden / heads)."""
     import transformers
 
     classes = {
@@ -33,8 +35,8 @@ def tiny_backbone(arch: str = "llama", *, hidden: int = 64, layers: int = 2, hea
                      num_key_value_heads=kv_heads, intermediate_size=intermediate or 3 * hidden,
                      vocab_size=vocab, max_position_embeddings=max_positions,
                      tie_word_embeddings=False, attention_dropout=0.0,
-                     # Qwen3's default head_dim is 128 whatever the width; keep hidden / heads
-                     **({"head_dim": hidden // heads} if arch == "qwen3" else {}))
+                     # (explicit: Qwen3's default head_dim is 128 whatever the width)
+                     head_dim=head_dim or hidden // heads)
     cfg._attn_implementation = attn_implementation
     with torch.random.fork_rng():
         torch.manual_seed(seed)
