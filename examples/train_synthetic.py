@@ -67,7 +67,8 @@ def train(steps: int = 300, batch_size: int = 32, lr: float = 3e-3, seed: int = 
             print(f"step {step:4d}  loss {out.loss.item():.3f}{aux}")
     after = hit_rate(model, cat, test_users)
     result = {"hit_rate_before": before, "hit_rate_after": after, "chance": 10 / cat.num_items,
-              "seconds": time.perf_counter() - start}
+              "seconds": time.perf_counter() - start,
+              "aux_losses": {name: value.item() for name, value in out.aux_losses.items()}}
     if verbose:
         print(f"HR@10 before {before:.3f}  after {after:.3f}  chance {result['chance']:.3f}  "
               f"({steps} steps in {result['seconds']:.1f}s)")
