@@ -24,13 +24,20 @@ def randomize_(model, seed: int = 1, scale: float = 0.2) -> None:
             del name
 
 
-def make_pair(arch="llama", backend="torch", **cfg):
-    """A randomised reference L2Rec and a FusedL2Rec sharing its tensors."""
+def make_reference(arch="llama", *, backbone=None, **cfg):
+    """A randomised reference L2Rec on ``backbone`` (default: a new ``make_backbone(arch)``)
+    with the tests' small config, ``cfg`` overriding it."""
     cfg.setdefault("num_items", NUM_ITEMS)
     cfg.setdefault("pref_dim", 24)
     cfg.setdefault("behavior_dim", 16)
-    ref = L2Rec(make_backbone(arch), L2RecConfig(**cfg))
+    ref = L2Rec(make_backbone(arch) if backbone is None else backbone, L2RecConfig(**cfg))
     randomize_(ref)  # every trainable tensor random, expert B included
+    return ref
+
+
+def make_pair(arch="llama", backend="torch", *, backbone=None, **cfg):
+    """A randomised reference L2Rec and a FusedL2Rec sharing its tensors."""
+    ref = make_reference(arch, backbone=backbone, **cfg)
     return ref, FusedL2Rec.from_reference(ref, backend=backend)
 
 

@@ -12,12 +12,11 @@ from model_utils import (
     batch,
     make_backbone,
     make_pair,
-    randomize_,
+    make_reference,
     repad,
 )
 from tolerances import REL_TOL, assert_close_tol, rel_err
 
-from l2rec_kernels.models.config import L2RecConfig
 from l2rec_kernels.models.fused import FusedL2Rec
 from l2rec_kernels.models.reference import L2Rec
 
@@ -150,9 +149,7 @@ def test_triton_backend_refuses_gradients_clearly():
 def _gpu_pair(dtype, backend, device):
     """An fp32 reference on ``device`` and a ``dtype`` copy of it (same weights) with a fused
     model over the copy."""
-    ref32 = L2Rec(make_backbone("qwen2"), L2RecConfig(num_items=NUM_ITEMS, pref_dim=24,
-                                                     behavior_dim=16, top_k=2)).to(device)
-    randomize_(ref32)
+    ref32 = make_reference("qwen2", top_k=2).to(device)
     ref_lo = L2Rec(make_backbone("qwen2", dtype=dtype), ref32.config).to(device)
     ref_lo.load_state_dict(ref32.state_dict())
     return ref32, ref_lo, FusedL2Rec.from_reference(ref_lo, backend=backend)

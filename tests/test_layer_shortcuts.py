@@ -12,21 +12,17 @@ from __future__ import annotations
 import pytest
 import torch
 from model_utils import (
-    NUM_ITEMS,
     VOCAB,
     assert_same_gradients,
     batch,
     make_backbone,
     make_pair,
-    randomize_,
     repad,
 )
 from tolerances import REL_TOL, rel_err
 
 from l2rec_kernels.models import layer_shortcuts
-from l2rec_kernels.models.config import L2RecConfig
 from l2rec_kernels.models.fused import FusedL2Rec
-from l2rec_kernels.models.reference import L2Rec
 
 
 def make_models(arch="llama", backend="torch"):
@@ -50,7 +46,7 @@ def assert_same(ref, pruned, full, b, tol=REL_TOL[torch.float32]):
     assert rel_err(f, r) < tol
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_pruned_equals_full_layer_and_reference(arch, side):
     ref, pruned, full = make_models(arch)
@@ -96,9 +92,7 @@ def test_narrow_sliding_window_runs_the_whole_layer():
     every earlier key) would be wrong, so the layer runs whole and parity still holds."""
     backbone = make_backbone("mistral")
     backbone.config.sliding_window = 4
-    ref = L2Rec(backbone, L2RecConfig(num_items=NUM_ITEMS, pref_dim=24, behavior_dim=16))
-    randomize_(ref)
-    fused = FusedL2Rec.from_reference(ref)
+    ref, fused = make_pair(backend="auto", backbone=backbone)
     assert layer_shortcuts.structure_reason(backbone) is None
     assert "sliding window" in layer_shortcuts.window_reason(backbone, 9)
     assert fused.shortcuts_for(9) == ("shared_first_qkv",)
@@ -150,3 +144,29 @@ def test_plain_backbone_is_untouched_by_the_shim():
     mask = torch.ones(2, 6, dtype=torch.long)
     out = base(input_ids=ids, attention_mask=mask).last_hidden_state
     assert out.shape == (2, 6, pruned.backbone.config.hidden_size)
+
+
+def _other_qk_norm_backbone(model_type: str):
+    """A tiny OLMo2 or Gemma3 (text): q/k-norm decoders whose layers are not Qwen3's shape."""
+    import transformers
+
+    cls = {"olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM),
+           "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM)}[model_type]
+    cfg = cls[0](hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=8, intermediate_size=48, vocab_size=VOCAB, max_position_embeddings=128,
+                 tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return cls[1](cfg).eval()
+
+
+@pytest.mark.parametrize("model_type", ["olmo2", "gemma3_text"])
+def test_other_qk_norm_decoders_run_whole_layers(model_type):
+    """OLMo2 and Gemma3 normalise queries and keys too, but around a different layer: no
+    shortcut applies, the reason says so, and the fused model still matches the reference."""
+    backbone = _other_qk_norm_backbone(model_type)
+    assert model_type in layer_shortcuts.structure_reason(backbone)
+    ref, fused = make_pair(backend="auto", backbone=backbone)
+    assert fused.shortcuts_for(9) == ()
+    b = batch(3, seq=9, ragged=True)
+    r, f = preferences((ref, fused), b)
+    assert rel_err(f, r) < REL_TOL[torch.float32]

@@ -12,7 +12,7 @@ from l2rec_kernels.models.config import L2RecConfig
 from l2rec_kernels.models.inputs import position_ids_from_mask
 from l2rec_kernels.models.reference import L2Rec
 
-ARCHS = ("llama", "qwen2", "mistral")
+ARCHS = ("llama", "qwen2", "mistral", "qwen3")
 # Another padding or batch changes the order of the backbone's fp32 sums, and the
 # difference compounds over the layers: 10x the fp32 bound.
 REPAD_TOL = assert_close_tol(torch.float32, scale=10)
