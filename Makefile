@@ -3,9 +3,12 @@
 #   make test    set up, then run the test suite
 # Also: make serve (the HTTP recommender on 127.0.0.1:8000), make load-test, make lint,
 # make cuda-check (compile csrc/ with nvcc, no GPU needed).
-# Each does all of its own set-up on a fresh machine: a local virtual environment in
-# .venv, torch (pinned to the CPU-capable 2.13.0 wheel only when no torch is present, so a
-# machine without a GPU never downloads CUDA wheels), the dependencies and the package.
+# Each does all of its own set-up on a fresh machine, and only what it needs: a local
+# virtual environment in .venv, torch (pinned to the CPU-capable 2.13.0 wheel only when no
+# torch is present, so a machine without a GPU never downloads CUDA wheels), the package,
+# and the extra its job needs: bench for `make bench`, test for `make test`, serve for
+# `make serve`/`make load-test`/`make test-serve` (one stamp file per extra in .venv).
+# CPU threads: L2REC_THREADS (tests default to 1, the benchmark to the cores it may use).
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -15,47 +18,57 @@ TORCH_PIN ?= torch==2.13.0
 # Reuse a torch that the system already has (e.g. a GPU machine with CUDA torch
 # preinstalled and no network) instead of installing another one.
 VENV_FLAGS := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
-STAMP   := $(VENV)/.l2rec-installed
+CORE    := $(VENV)/.l2rec-core
 
-.PHONY: setup test bench serve load-test cuda-check gpu-compile-check lint clean
+.PHONY: setup test test-serve bench serve load-test cuda-check gpu-compile-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 
-$(STAMP): $(PY) pyproject.toml setup.py
+$(CORE): $(PY) pyproject.toml setup.py
 	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q "setuptools>=64" wheel
-	$(PIP) install -q --no-build-isolation -e ".[test,bench,serve]"
-	@touch $(STAMP)
+	$(PIP) install -q --no-build-isolation -e .
+	@touch $(CORE)
 
-setup: $(STAMP)
+# One extra on top of the core install: $(VENV)/.l2rec-<extra>.
+$(VENV)/.l2rec-%: $(CORE)
+	$(PIP) install -q --no-build-isolation -e ".[$*]"
+	@touch $@
 
-test: $(STAMP)
+setup: $(VENV)/.l2rec-test $(VENV)/.l2rec-bench $(VENV)/.l2rec-plot $(VENV)/.l2rec-serve
+
+test: $(VENV)/.l2rec-test
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)
+# The serving tests that need Ray (skipped by `make test`, which does not install it): the
+# Ray Serve app and the real-checkpoint recipe served over HTTP.
+test-serve: $(VENV)/.l2rec-test $(VENV)/.l2rec-serve
+	$(PY) -m pytest -q tests/test_serving.py tests/test_real_checkpoint.py
+
+bench: $(VENV)/.l2rec-bench
 	$(PY) bench/latency.py --quick
 
 PORT ?= 8000
-serve: $(STAMP)
+serve: $(VENV)/.l2rec-serve
 	$(PY) -m l2rec_serving --port $(PORT)
 
-load-test: $(STAMP)
+load-test: $(VENV)/.l2rec-serve
 	$(PY) bench/load_test.py --requests 2000 --concurrency 32
 
 # Compile every csrc/ source for sm_90a (nvcc; the host compiler for .cpp) against the
 # installed torch's headers, warnings as errors; link the extension in a temporary
 # directory and run its GPU-free tests on it. Needs nvcc, no GPU.
-cuda-check: $(STAMP)
+cuda-check: $(VENV)/.l2rec-test
 	$(PY) csrc/cuda_check.py
 
 # Compile every Triton kernel through its launcher for sm_90a and sm_80 (Triton's own ptxas,
 # no GPU needed) and fail on compile errors, shared memory over the limit, spills, missing
 # wgmma or scalar LoRA loads; the table goes to bench/results/gpu_compile_check.md.
-gpu-compile-check: $(STAMP)
+gpu-compile-check: $(CORE)
 	$(PY) tools/gpu_compile_check.py
 
-lint: $(STAMP)
+lint: $(VENV)/.l2rec-test
 	$(PY) -m ruff check .
 
 clean:

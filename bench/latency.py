@@ -104,6 +104,15 @@ def axes_help() -> str:
     return "\n".join(lines)
 
 
+def default_threads() -> int:
+    """$L2REC_THREADS, else the cores this process may run on (never more threads than
+    cores: oversubscribed threads only contend)."""
+    env = os.environ.get("L2REC_THREADS")
+    if env is not None:
+        return int(env) if env.isdigit() else 0  # 0: rejected with a message in main
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="l2rec-kernels benchmarks (the one entry point; "
                                              "the module docstring has examples)", epilog=axes_help(),
@@ -123,7 +132,9 @@ def main(argv=None) -> int:
                          "(repeatable; the axes and their defaults are listed below)")
     ap.add_argument("--rounds", type=int, default=0, help="timing rounds (0: per-section default)")
     ap.add_argument("--warmup", type=int, default=0, help="warm-up rounds (0: per-section default)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    ap.add_argument("--threads", type=int, default=default_threads(),
+                    help="CPU threads torch uses (default: $L2REC_THREADS, else the cores this "
+                         "process may run on)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
     args = ap.parse_args(argv)
 
@@ -155,8 +166,9 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA GPU is visible")
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = RunConfig(device, dtype, quick=args.quick, rounds=args.rounds, warmup=args.warmup,
                     memory=not args.no_memory, dtype_given=args.dtype is not None)

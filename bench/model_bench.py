@@ -152,7 +152,7 @@ def build_models(shape: ModelShape, device: torch.device, dtype: torch.dtype,
     if peft:
         # the copy of each targeted linear -> its experts
         copies = {memo[id(m)]: experts for m, experts in ref.adapted_linears.items()}
-        peft_model = build_peft_model(peft_backbone.base_model, copies, cfg)
+        peft_model = build_peft_model(peft_backbone.base_model, copies, ref.config)
     return ref, fused, peft_model
 
 

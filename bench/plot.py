@@ -9,7 +9,7 @@ Writes PNGs named after the CSV (``<name>_...png``, next to it unless ``--out``)
   provider and shape (log scale; whiskers p20-p80).
 
 The x axis and titles come from the CSV's ``x_name``/``x_value``/``config`` columns, never
-from parsing the ``shape`` label. Needs matplotlib (the ``bench`` extra).
+from parsing the ``shape`` label. Needs matplotlib (the ``plot`` extra: ``pip install -e ".[plot]"``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ A model that learns should reach a hit rate far above chance (k / N).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -55,21 +56,51 @@ class SyntheticCatalogue:
     def genre(self, item: int) -> int:
         return (item - 1) % self.num_genres
 
+    def check_history(self, history: Sequence[int], user: int | None = None) -> list[int]:
+        """``history`` as a list of int item ids. ValueError naming the first id that is not
+        an int in 1..num_items (``user``: its row, for the message); TypeError if it is not
+        a sequence."""
+        where = "" if user is None else f" (user {user})"
+        if isinstance(history, (str, bytes, dict)) or not isinstance(history, Iterable):
+            raise TypeError(f"a history must be a sequence of item ids, got {history!r}{where}")
+        ids = []
+        for item in history:
+            try:
+                if isinstance(item, bool) or (isinstance(item, torch.Tensor) and item.dtype == torch.bool):
+                    raise TypeError
+                value = operator.index(item)
+            except TypeError:
+                raise ValueError(f"history item ids must be ints, got {item!r} "
+                                 f"({type(item).__name__}){where}") from None
+            if not 1 <= value <= self.num_items:
+                raise ValueError(f"history item ids must be in 1..{self.num_items}, got {value}{where}")
+            ids.append(value)
+        return ids
+
+    def check_histories(self, histories: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Every history checked (``check_history``), as lists of ints."""
+        if isinstance(histories, (str, bytes, dict)) or not isinstance(histories, Iterable):
+            raise TypeError(f"histories must be a sequence of histories (lists of item ids), "
+                            f"got {histories!r}")
+        return [self.check_history(h, user) for user, h in enumerate(histories)]
+
     def prompt_tokens(self, history: Sequence[int]) -> list[int]:
         """BOS, then each history item's title followed by SEP (the prompt lists the titles)."""
         tokens = [BOS]
-        for item in history:
-            if item:
-                tokens += [*self.tokenizer.encode(self.titles[item - 1]), SEP]
+        for item in self.check_history(history):
+            tokens += [*self.tokenizer.encode(self.titles[item - 1]), SEP]
         return tokens
 
     def prompts(self, histories: Sequence[Sequence[int]], side: str = "left") -> dict:
+        histories = self.check_histories(histories)
         return pad_rows([self.prompt_tokens(h) for h in histories], side=side)
 
     def history_tensor(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[len(histories), max_history]: each history's last ``max_history`` ids, 0-padded."""
+        histories = self.check_histories(histories)
         out = torch.zeros(len(histories), self.max_history, dtype=torch.long)
         for i, h in enumerate(histories):
-            h = list(h)[-self.max_history:]
+            h = h[-self.max_history:]
             out[i, : len(h)] = torch.tensor(h, dtype=torch.long)
         return out
 
@@ -94,5 +125,7 @@ class SyntheticCatalogue:
         return histories, torch.tensor(targets), genres
 
     def batch(self, histories, side: str = "left") -> dict[str, torch.Tensor]:
-        """Model inputs for these histories."""
+        """Model inputs for these histories (lists of item ids in 1..num_items; a bad id
+        raises ValueError naming it and its user)."""
+        histories = self.check_histories(histories)
         return {**self.prompts(histories, side), "history_ids": self.history_tensor(histories)}

@@ -28,6 +28,13 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# CPU threads, set explicitly: the test models are tiny, so more threads buy little, and on a
+# machine where other jobs hold the cores extra threads only contend. L2REC_THREADS overrides.
+_threads = os.environ.get("L2REC_THREADS", "1")
+if not _threads.isdigit() or int(_threads) < 1:
+    raise RuntimeError(f"L2REC_THREADS must be a positive integer, got {_threads!r}")
+torch.set_num_threads(int(_threads))
+
 HAS_GPU = torch.cuda.is_available()
 # Collect and skip as on a GPU machine: with a real GPU, or simulated by tests/simulate_gpu.py.
 SIMULATED_GPU = not HAS_GPU and "tests.simulate_gpu" in sys.modules

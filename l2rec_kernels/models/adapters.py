@@ -1,11 +1,15 @@
 """DPMoE experts on a frozen backbone, and how a forward reaches them.
 
-Each targeted ``nn.Linear`` of the backbone keeps its frozen weight ``W`` and gets, per view
+Each targeted linear layer of the backbone keeps its frozen weight ``W`` and gets, per view
 v and expert e, ``A[v, e] ∈ R^{r×d_in}`` and ``B[v, e] ∈ R^{d_out×r}`` (``DPMoEExperts``).
+A linear layer is a ``torch.nn.Linear`` or a subclass of it (Falcon's ``FalconLinear``), or
+``transformers.pytorch_utils.Conv1D`` (GPT-2), whose weight is stored ``[d_in, d_out]``:
+``linear_weight`` and ``in_out_features`` give every layer's weight as ``[d_out, d_in]``
+(for Conv1D a transposed view, never a copy of the frozen weight) and its widths.
 
 How the experts are applied: the targeted linears get a tiny forward shim that asks the
 *active routing context* (a ``contextvars.ContextVar``) how to compute their output. With no
-context active the shim is exactly ``F.linear``: the backbone stays usable as a plain model.
+context active the shim is the layer class's own forward: the backbone stays a plain model.
 A model activates its context only for the duration of its own forward, so
 
 * two threads running the same model at once each see their own context (context variables
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
+import sys
 import types
 from collections.abc import Iterator
 
@@ -27,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import NUM_VIEWS
+from .config import AUTO_TARGETS, LLAMA_TARGETS, NUM_VIEWS, L2RecConfig
 
 
 class DPMoEExperts(nn.Module):
@@ -58,7 +64,9 @@ class RoutingContext:
     def __init__(self, experts: dict[nn.Module, DPMoEExperts]) -> None:
         self.experts = experts
 
-    def linear(self, module: nn.Linear, experts: DPMoEExperts, x: torch.Tensor) -> torch.Tensor:
+    def linear(self, module: nn.Module, experts: DPMoEExperts, x: torch.Tensor) -> torch.Tensor:
+        """``module``'s output for input ``x`` with ``experts`` applied (the frozen weight is
+        ``linear_weight(module)``, ``[d_out, d_in]``)."""
         raise NotImplementedError
 
     def layer_plan(self, layer: nn.Module):
@@ -81,13 +89,13 @@ def activate(ctx: RoutingContext) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def _shim_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _shim_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # Innermost context first, so a model called inside another model's forward wins.
     for ctx in reversed(_ACTIVE.get()):
         experts = ctx.experts.get(self)
         if experts is not None:
             return ctx.linear(self, experts, x)
-    return F.linear(x, self.weight, self.bias)
+    return type(self).forward(self, x)  # no context: exactly the plain layer
 
 
 def active_layer_plan(layer: nn.Module):
@@ -99,22 +107,120 @@ def active_layer_plan(layer: nn.Module):
     return None
 
 
-def find_target_linears(backbone: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Linear]:
-    """Modules whose name's last component is in ``targets``; each must be an nn.Linear."""
-    found: dict[str, nn.Linear] = {}
+def _conv1d_class() -> type | None:
+    """transformers' ``Conv1D``, if transformers is loaded (if it is not, no module of the
+    backbone can be one; transformers is never imported here)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    conv1d = _conv1d_class()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a linear layer DPMoE can adapt: an ``nn.Linear`` (or a subclass)
+    or transformers' ``Conv1D``."""
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def in_out_features(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a linear layer (Conv1D: ``weight.shape[0]``, ``nf``)."""
+    if _is_conv1d(module):
+        return module.weight.shape[0], module.nf
+    return module.in_features, module.out_features
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """A linear layer's weight as ``[d_out, d_in]`` (y = x Wᵀ + b), the layout ``F.linear``
+    and ``dpmoe_linear`` take. Conv1D stores ``[d_in, d_out]`` (y = x W + b): its weight is
+    returned transposed, a strided view of the frozen weight, never a copy."""
+    return module.weight.T if _is_conv1d(module) else module.weight
+
+
+def _describe(module: nn.Module) -> str:
+    cls = type(module)
+    return f"a {cls.__module__}.{cls.__qualname__}"
+
+
+def _check_linear(name: str, module: nn.Module) -> None:
+    if not is_linear(module):
+        raise TypeError(
+            f"target module {name!r} is {_describe(module)}, not a linear layer: DPMoE adapts "
+            "torch.nn.Linear layers (and subclasses) and transformers' Conv1D")
+    weight = module.weight
+    d_in, d_out = in_out_features(module)
+    want = (d_in, d_out) if _is_conv1d(module) else (d_out, d_in)
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() \
+            or tuple(weight.shape) != want:
+        what = (f"{weight.dtype} {list(weight.shape)}" if isinstance(weight, torch.Tensor)
+                else type(weight).__name__)
+        raise TypeError(
+            f"target module {name!r} is {_describe(module)} whose weight is {what}, not a "
+            f"floating-point {list(want)} matrix (quantised or packed weights are not supported)")
+
+
+def _runs(backbone: nn.Module) -> set[int]:
+    """ids of the modules L2Rec runs: the backbone's base model (not the LM head)."""
+    return {id(m) for m in getattr(backbone, "base_model", backbone).modules()}
+
+
+def linear_leaf_names(backbone: nn.Module) -> list[str]:
+    """The sorted, unique last name components of the backbone's linear layers (nn.Linear
+    and subclasses, Conv1D), those of its base model only: the LM head, which L2Rec never
+    runs, is left out."""
+    runs = _runs(backbone)
+    return sorted({name.rsplit(".", 1)[-1] for name, m in backbone.named_modules()
+                   if name and id(m) in runs and is_linear(m)})
+
+
+def _candidates(backbone: nn.Module) -> str:
+    names = linear_leaf_names(backbone)
+    listed = ", ".join(names) if names else "(none)"
+    return f"the backbone's linear layers are named: {listed} (the LM head, never run, is left out)"
+
+
+def auto_target_modules(backbone: nn.Module) -> tuple[str, ...]:
+    """What ``target_modules="auto"`` means for ``backbone``: the attention and MLP linears
+    of its ``model_type`` (``config.AUTO_TARGETS``; attention only for mixture-of-experts
+    models, whose experts are not per-token linears); for another model type, the
+    Llama-style names when it has all of them. Raises ValueError, listing the backbone's
+    linear layer names, when it cannot decide."""
+    model_type = getattr(getattr(backbone, "config", None), "model_type", None)
+    if model_type in AUTO_TARGETS:
+        return AUTO_TARGETS[model_type]
+    if set(LLAMA_TARGETS) <= set(linear_leaf_names(backbone)):
+        return LLAMA_TARGETS
+    raise ValueError(
+        f'target_modules="auto" does not know model_type {model_type!r} (known: '
+        f"{', '.join(sorted(AUTO_TARGETS))}) and the backbone lacks some of the Llama-style "
+        f"names {LLAMA_TARGETS}: pass target_modules explicitly; {_candidates(backbone)}")
+
+
+def resolve_targets(config: L2RecConfig, backbone: nn.Module) -> L2RecConfig:
+    """``config`` itself when its ``target_modules`` are names; for ``"auto"`` a copy naming
+    the modules chosen for ``backbone`` (so a saved checkpoint says what it adapts)."""
+    if config.target_modules != "auto":
+        return config
+    return dataclasses.replace(config, target_modules=auto_target_modules(backbone))
+
+
+def find_target_linears(backbone: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Module]:
+    """Modules of the backbone's base model whose name's last component is in ``targets``;
+    each must be a linear layer (``is_linear``) with a floating-point weight."""
+    found: dict[str, nn.Module] = {}
+    runs = _runs(backbone)
     for name, module in backbone.named_modules():
-        if name.rsplit(".", 1)[-1] in targets:
-            if type(module) is not nn.Linear:
-                raise TypeError(
-                    f"target module {name!r} is a {type(module).__name__}, but DPMoE adapts "
-                    "plain torch.nn.Linear layers only (quantised or fused layers are not supported)"
-                )
+        if name.rsplit(".", 1)[-1] in targets and id(module) in runs:
+            _check_linear(name, module)
             found[name] = module
     if not found:
-        raise ValueError(f"none of target_modules={targets} was found in the backbone")
+        raise ValueError(f"none of target_modules={targets} was found in the backbone; "
+                         f"{_candidates(backbone)}")
     missing = set(targets) - {n.rsplit(".", 1)[-1] for n in found}
     if missing:
-        raise ValueError(f"target_modules {sorted(missing)} were not found in the backbone")
+        raise ValueError(f"target_modules {sorted(missing)} were not found in the backbone; "
+                         f"{_candidates(backbone)}")
     return found
 
 
@@ -155,7 +261,7 @@ class ReferenceContext(RoutingContext):
         self.view, self.gates, self.scaling = view, gates, scaling
 
     def linear(self, module, experts, x):
-        base = F.linear(x, module.weight, module.bias)
+        base = F.linear(x, linear_weight(module), module.bias)
         a = experts.lora_a[self.view].to(x.dtype)                   # [E, r, d_in]
         b = experts.lora_b[self.view].to(x.dtype)                   # [E, d_out, r]
         h = torch.einsum("btd,erd->bter", x, a)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,109 @@ def _backbone_fingerprint(backbone: nn.Module) -> dict:
             "vocab_size": getattr(cfg, "vocab_size", None)}
 
 
+# ----------------------------------------------------------------- backbone weight digest
+# A checkpoint records DIGEST_SAMPLES values of every floating-point parameter of the
+# backbone's base model (what L2Rec runs; the LM head is left out), read at fixed positions
+# and kept as float64 numbers in l2rec_config.json ("backbone_digest"). ``from_pretrained``
+# reads the same positions of the backbone it is given and compares value by value:
+#
+#   |got - saved| <= RTOL · max(|got|, |saved|) + ATOL · rms(saved values of that tensor)
+#
+# RTOL = 2^-7 is above what a dtype change costs: rounding to bf16 moves a value by at most
+# 2^-9 of itself, to fp16 by 2^-11 (fp32 -> fp16 -> bf16 at most their sum), so the same
+# weights loaded in bf16, fp16 or fp32 pass whatever dtype they were saved in. ATOL covers
+# values near zero (fp16 subnormals). Another backbone of the same shape (another
+# checkpoint, a fine-tune, a re-initialisation) differs far beyond that on the sampled
+# values. It is a sample: an edit to a few elements can go unseen.
+#
+# Cost: a gather of DIGEST_SAMPLES elements per parameter (a few hundred tiny reads on a
+# multi-GB model), the same on any device. Positions are ``(i + 1) · P mod numel`` with
+# P a prime, so they spread over rows and columns and do not depend on torch's RNG.
+DIGEST_VERSION = 1
+DIGEST_SAMPLES = 8
+_DIGEST_RTOL = 2.0 ** -7
+_DIGEST_ATOL = 2.0 ** -10
+_DIGEST_STEP = 2654435761
+_NUMBER_LIST = re.compile(r"\[\s*(-?\d[^\[\]{}\"]*?)\s*\]")
+
+
+def _digest_params(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """name -> parameter: the floating-point parameters of the backbone's base model."""
+    runs = {id(p) for p in getattr(backbone, "base_model", backbone).parameters()}
+    return {n: p for n, p in backbone.named_parameters(remove_duplicate=False)
+            if id(p) in runs and p.is_floating_point()}
+
+
+def _sample(param: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` values of ``param`` at the digest's fixed positions, float64 on the CPU."""
+    flat = param.detach().reshape(-1)
+    numel = flat.numel()
+    pos = range(numel) if numel <= n else [(i + 1) * _DIGEST_STEP % numel for i in range(n)]
+    idx = torch.tensor(list(pos), dtype=torch.long, device=flat.device)
+    return flat[idx].double().cpu()
+
+
+def backbone_digest(backbone: nn.Module) -> dict:
+    """The weight digest a checkpoint stores for ``backbone`` (see the comment above)."""
+    tensors = {}
+    for name, p in _digest_params(backbone).items():
+        if p.is_meta:  # offloaded without values: nothing to record
+            continue
+        values = [float(f"{v:.9g}") for v in _sample(p, DIGEST_SAMPLES).tolist()]
+        tensors[name] = {"shape": list(p.shape), "values": values}
+    return {"version": DIGEST_VERSION, "samples_per_tensor": DIGEST_SAMPLES, "tensors": tensors}
+
+
+def backbone_digest_mismatches(saved: dict, backbone: nn.Module) -> list[str]:
+    """What differs between a checkpoint's digest and ``backbone`` ([] when they agree).
+
+    Only the parameters both name are compared (a backbone loaded with another transformers
+    version may name some differently); a warning says so when none is shared."""
+    if saved.get("version") != DIGEST_VERSION:
+        warnings.warn(f"the checkpoint's backbone digest has version {saved.get('version')!r}, "
+                      f"this version of l2rec-kernels reads {DIGEST_VERSION}: the backbone's "
+                      "weights were not checked", UserWarning, stacklevel=3)
+        return []
+    params, n = _digest_params(backbone), int(saved["samples_per_tensor"])
+    shared = [name for name in saved["tensors"] if name in params]
+    if not shared and saved["tensors"]:
+        warnings.warn("none of the backbone parameters the checkpoint's digest samples "
+                      f"({next(iter(saved['tensors']))!r}, ...) has that name in this backbone: "
+                      "its weights were not checked", UserWarning, stacklevel=3)
+    problems = []
+    for name in shared:
+        entry, p = saved["tensors"][name], params[name]
+        if list(p.shape) != list(entry["shape"]):
+            problems.append(f"{name} has shape {list(p.shape)}, saved {list(entry['shape'])}")
+            continue
+        if p.is_meta:
+            continue
+        want, got = torch.tensor(entry["values"], dtype=torch.float64), _sample(p, n)
+        diff = (got - want).abs()
+        bound = (_DIGEST_RTOL * torch.maximum(got.abs(), want.abs())
+                 + _DIGEST_ATOL * want.square().mean().sqrt())
+        bad = int((~(diff <= bound)).sum())  # NaN counts as different
+        if bad:
+            rel = (got - want).norm().item() / max(want.norm().item(), 1e-30)
+            problems.append(f"{name} ({bad} of {want.numel()} sampled values differ; "
+                            f"relative difference {rel:.2g})")
+    return problems
+
+
+def _json_text(meta: dict) -> str:
+    """``meta`` as indented JSON, each list of numbers on one line (the digest's samples)."""
+    text = json.dumps(meta, indent=2)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]",
+                            text)
+
+
+# The dtypes ``to_inference_dtype`` takes (what the backbone's GEMMs can run in).
+INFERENCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Backbone buffers that keep their dtype: the rotary frequencies, which Hugging Face keeps
+# in float32 when a model is loaded with from_pretrained(dtype=...) and reads as float32.
+_FP32_BUFFERS = ("inv_freq", "original_inv_freq")
+
+
 class L2RecBase(nn.Module):
     """Parameters and heads of an L2Rec model over a frozen Hugging Face backbone."""
 
@@ -54,6 +159,9 @@ class L2RecBase(nn.Module):
         d_sem = config.semantic_dim or hidden
         device = next(backbone.parameters()).device
 
+        # target_modules="auto" -> this backbone's names, in a copy of the config (so
+        # checkpoints name the layers they adapt; the caller's config is left as it is)
+        config = self.config = adapters.resolve_targets(config, backbone)
         linears = adapters.find_target_linears(backbone, config.target_modules)
         if share_from is not None:
             self._share_modules(share_from)
@@ -70,7 +178,7 @@ class L2RecBase(nn.Module):
         config = self.config
         self.experts = nn.ModuleDict({
             adapters.expert_key(name): adapters.DPMoEExperts(
-                m.in_features, m.out_features, config.num_experts, config.rank,
+                *adapters.in_out_features(m), config.num_experts, config.rank,
                 config.num_shared_experts)
             for name, m in linears.items()
         })
@@ -261,24 +369,74 @@ class L2RecBase(nn.Module):
         with torch.no_grad():  # in place, so a model sharing this table sees the change
             self.item_text_table.copy_(table)
 
+    # ----------------------------------------------------------------- precision
+    def to_inference_dtype(self, dtype: torch.dtype) -> L2RecBase:
+        """Run the backbone in ``dtype`` (e.g. ``torch.bfloat16``) and keep L2Rec's own
+        numerically sensitive parts in float32. In place, like ``Module.to``; returns self.
+
+        Cast to ``dtype``: the backbone's parameters and the experts (what the backbone's
+        GEMMs read). Its rotary frequency buffers (``inv_freq``) keep their dtype, as
+        ``from_pretrained(dtype=...)`` leaves them. Kept in float32 (``dtype`` if that is
+        wider): the view encoders and the item-text table, the routers (their softmax makes
+        the gates), the cross-view fusion and the item scorer. So the gates see no 16-bit
+        rounding (unless the router reads the prompt context, itself an average of the
+        backbone's embeddings), and the preference and scores see it only through the
+        backbone's hidden states. ``model.to(torch.bfloat16)`` instead casts everything.
+
+        Modules this model shares (``FusedL2Rec.from_reference``) change with it.
+        """
+        if not isinstance(dtype, torch.dtype) or dtype not in INFERENCE_DTYPES:
+            raise TypeError(f"dtype must be one of {', '.join(map(str, INFERENCE_DTYPES))}, "
+                            f"got {dtype!r}")
+        heads = torch.promote_types(dtype, torch.float32)
+        keep = [(m, n, b) for m in self.backbone.modules() for n, b in m._buffers.items()
+                if n in _FP32_BUFFERS and b is not None]
+        self.backbone.to(dtype)
+        for m, n, b in keep:
+            m._buffers[n] = b
+        self.experts.to(dtype)
+        for module in (self.behavior_encoder, self.routers, self.fusion, self.scorer):
+            module.to(heads)
+        # in place (not a new tensor), so a model sharing the table sees it too
+        self.item_text_table.data = self.item_text_table.data.to(heads)
+        return self
+
     # ----------------------------------------------------------------- checkpoints
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """L2Rec's own tensors: everything but the user-supplied backbone."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write ``l2rec_config.json`` and ``l2rec_weights.safetensors`` (no pickle)."""
+        """Write ``l2rec_config.json`` and ``l2rec_weights.safetensors`` (no pickle).
+
+        The JSON records the backbone's shape (``backbone``) and a digest of its weights
+        (``backbone_digest``: a few values of each parameter) that ``from_pretrained``
+        checks; the backbone itself is not saved."""
         os.makedirs(path, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.own_state_dict().items()}
         save_file(tensors, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+        # The digest is a key of its own (not inside "backbone", which older versions of
+        # this package compare as a whole): they load these checkpoints and ignore it.
         meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
-                "backbone": _backbone_fingerprint(self.backbone)}
+                "backbone": _backbone_fingerprint(self.backbone),
+                "backbone_digest": backbone_digest(self.backbone)}
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
-            json.dump(meta, f, indent=2)
+            f.write(_json_text(meta) + "\n")
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, backbone: nn.Module, **kwargs):
-        """Rebuild a saved model on ``backbone`` (which the user loads; it is not saved)."""
+    def from_pretrained(cls, path: str | os.PathLike, backbone: nn.Module, *,
+                        check_backbone_weights: bool = True, **kwargs):
+        """Rebuild a saved model on ``backbone`` (which the user loads; it is not saved).
+
+        ``backbone`` must have the saved one's model type and sizes (always checked) and,
+        with ``check_backbone_weights`` (default), its weights: a ValueError names the
+        parameters whose sampled values differ beyond a dtype change (the same weights in
+        bf16, fp16 or fp32 pass). ``check_backbone_weights=False`` loads onto a different
+        backbone on purpose. Checkpoints saved before the digest existed load unchecked
+        (and without a warning). ``kwargs`` go to the model class (e.g. ``backend``)."""
+        if not isinstance(check_backbone_weights, bool):
+            raise TypeError("check_backbone_weights must be a bool, got "
+                            f"{type(check_backbone_weights).__name__}")
         cfg_path, w_path = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
         for p in (cfg_path, w_path):
             if not os.path.isfile(p):
@@ -290,6 +448,18 @@ class L2RecBase(nn.Module):
         saved, given = meta["backbone"], _backbone_fingerprint(backbone)
         if saved != given:
             raise ValueError(f"backbone does not match the checkpoint: saved for {saved}, got {given}")
+        digest = meta.get("backbone_digest")
+        if check_backbone_weights and digest is not None:
+            problems = backbone_digest_mismatches(digest, backbone)
+            if problems:
+                listed = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more"
+                                                    if len(problems) > 3 else "")
+                raise ValueError(
+                    "backbone weights do not match the checkpoint: this backbone has the shape "
+                    f"of the one the model was saved with, but other weights ({listed}; the same "
+                    "weights in another dtype would agree to within 1%). Load the backbone the "
+                    "model was trained on, or pass check_backbone_weights=False to load onto "
+                    "this one anyway.")
         model = cls(backbone, L2RecConfig.from_dict(meta["config"]), **kwargs)
         model.load_own_state_dict(load_file(w_path))
         return model

@@ -7,7 +7,22 @@ import math
 import warnings
 from dataclasses import dataclass
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = LLAMA_TARGETS
+_ATTENTION_ONLY = ("q_proj", "k_proj", "v_proj", "o_proj")
+_FUSED_QKV = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+# What target_modules="auto" picks, by the backbone's config.model_type: its attention and
+# MLP linears (leaf names; GPT-2's c_proj is both the attention's and the MLP's output).
+# Mixture-of-experts models: attention only, since their experts are not per-token linears
+# (a model type not listed gets LLAMA_TARGETS if it has all of them, else an error).
+AUTO_TARGETS = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2"), LLAMA_TARGETS),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "gpt_neox": _FUSED_QKV,
+    "falcon": _FUSED_QKV,
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe"), _ATTENTION_ONLY),
+}
 NUM_VIEWS = 2  # view 0: behavioral, view 1: semantic
 ROUTER_INPUTS = ("user", "context", "interaction")
 
@@ -22,6 +37,11 @@ class L2RecConfig:
     paper report (shared experts, context-aware top-2 routers, auxiliary losses).
 
     DPMoE and routing:
+      target_modules: the leaf names of the backbone linears that get experts (every module
+        whose name ends in one of them), or "auto": the attention and MLP linears of the
+        backbone's architecture (``AUTO_TARGETS``). "auto" is resolved when a model is built
+        on a backbone: ``model.config`` then holds the chosen names (the config passed in is
+        not changed), so a saved checkpoint names the layers it adapts.
       num_shared_experts: ungated experts both views use on every row (DeepSeekMoE-style),
         added with coefficient ``scaling``; 0 = none.
       router_inputs: what each view's router reads, a subset of ``ROUTER_INPUTS``:
@@ -42,7 +62,7 @@ class L2RecConfig:
     num_experts: int = 4
     rank: int = 8
     alpha: float = 16.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    target_modules: tuple[str, ...] | str = DEFAULT_TARGETS  # or "auto"
     top_k: int | None = None
     gate_temperature: float = 1.0
     num_shared_experts: int = 0
@@ -75,7 +95,12 @@ class L2RecConfig:
         return cls(**{**preset, **overrides})
 
     def __post_init__(self) -> None:
-        self.target_modules = tuple(self.target_modules)
+        if isinstance(self.target_modules, str):
+            if self.target_modules != "auto":
+                raise TypeError(f'L2RecConfig.target_modules must be "auto" or a tuple of module '
+                                f"names, got the string {self.target_modules!r}")
+        else:
+            self.target_modules = tuple(self.target_modules)
         if isinstance(self.router_inputs, str):
             raise TypeError(f"L2RecConfig.router_inputs must be a tuple of names from "
                             f"{ROUTER_INPUTS}, got the string {self.router_inputs!r}")
@@ -111,7 +136,8 @@ class L2RecConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"L2RecConfig.{name} must be a positive finite number, got {v!r}")
-        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+        if self.target_modules != "auto" and (
+                not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules)):
             raise ValueError(f"L2RecConfig.target_modules must be non-empty module names, "
                              f"got {self.target_modules!r}")
         if self.behavior_dim % self.sasrec_heads:
@@ -125,7 +151,8 @@ class L2RecConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["target_modules"] = list(self.target_modules)
+        if self.target_modules != "auto":
+            d["target_modules"] = list(self.target_modules)
         d["router_inputs"] = list(self.router_inputs)
         return d
 

@@ -75,14 +75,15 @@ class FusedContext(adapters.RoutingContext):
     def linear(self, module, experts, x):
         lead = x.shape[:-1]
         rows = x.reshape(-1, x.shape[-1])
-        args = (module.weight, module.bias, experts.lora_a.to(x.dtype), experts.lora_b.to(x.dtype),
+        weight = adapters.linear_weight(module)  # [d_out, d_in]; Conv1D's is a view, not a copy
+        args = (weight, module.bias, experts.lora_a.to(x.dtype), experts.lora_b.to(x.dtype),
                 self.gates.to(x.dtype), self.seq_view, self.cu_seqlens, self.scaling)
         shared = {}
         if experts.shared_a is not None:
             shared = {"shared_a": experts.shared_a.to(x.dtype), "shared_b": experts.shared_b.to(x.dtype)}
         block = self.repeated_input.get(module)
         if block is not None:  # one base GEMM for the block, copied once per repeat
-            base = F.linear(rows[:block], module.weight, module.bias)
+            base = F.linear(rows[:block], weight, module.bias)
             y = dpmoe_linear_torch(rows, *args, base=base.repeat(rows.shape[0] // block, 1), **shared)
         else:  # metadata built by us (checked in tests): no value checks
             y = dpmoe_linear(rows, *args, backend=self.backend, validate=False, **shared)

@@ -42,8 +42,9 @@ class ViewRouter(nn.Module):
     def forward(self, u: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.needs_context and context is None:
             raise ValueError(f"this router reads {self.inputs}, which needs the prompt context")
-        p_u = None if self.user_proj is None else self.user_proj(u)
-        p_c = None if self.context_proj is None else self.context_proj(context.to(self.out.weight.dtype))
+        dtype = self.out.weight.dtype  # the router's; u and c may come in another dtype
+        p_u = None if self.user_proj is None else self.user_proj(u.to(dtype))
+        p_c = None if self.context_proj is None else self.context_proj(context.to(dtype))
         parts = {"user": p_u, "context": p_c}
         if "interaction" in self.inputs:
             parts["interaction"] = p_u * p_c
@@ -120,7 +121,8 @@ class ItemScorer(nn.Module):
         return self.id_proj(id_table.to(w.dtype)) + self.text_proj(text_table.to(w.dtype))
 
     def score(self, z: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """z [B, d] against items [N, d] (shared) or [B, C, d] (per user)."""
+        """z [B, d] against items [N, d] (shared) or [B, C, d] (per user), in items' dtype."""
+        z = z.to(items.dtype)
         if items.dim() == 2:
             return z @ items.T / self.temperature
         return torch.einsum("bd,bcd->bc", z, items) / self.temperature

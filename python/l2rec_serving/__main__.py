@@ -72,9 +72,11 @@ def main(argv=None) -> None:
                       max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1e3,
                       num_gpus=args.num_gpus, num_cpus=args.num_cpus, ray_address=args.ray_address,
                       access_log=args.access_log)
+        _stop_on_signals(done)  # again: ray.init replaced the SIGTERM handler with its own
+        # (launch.READY_LINE: printed only once our handlers are back, so a caller that waits
+        # for it can stop the server with SIGTERM)
         print(f"l2rec_serving: serving on http://{args.host}:{args.port} "
               "(POST /recommend, GET /healthz, GET /stats); Ctrl-C to stop", flush=True)
-        _stop_on_signals(done)  # again: ray.init replaced the SIGTERM handler with its own
         while not done.wait(1.0):  # a timed wait, so the signal handler gets to run promptly
             pass
     finally:

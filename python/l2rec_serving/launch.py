@@ -30,6 +30,10 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
+# What ``python -m l2rec_serving`` prints once it serves and handles SIGTERM itself.
+READY_LINE = "l2rec_serving: serving on http://"
+
+
 class ServerProcess:
     """A ``python -m l2rec_serving`` child process on ``127.0.0.1:port``."""
 
@@ -58,12 +62,15 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with code {self.proc.returncode} before it was "
                                    f"ready:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            # Ready = it says so (by then its own SIGTERM handler is back in place, after
+            # Ray's: a stop sent earlier would hit Ray's handler and abort) and /healthz answers.
+            if READY_LINE in self.log_tail(1 << 20):
+                try:
+                    with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
+                        if r.status == 200:
+                            return self
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    pass
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"the server was not ready within {self.start_timeout_s:.0f} s:\n"

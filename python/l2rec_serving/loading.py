@@ -7,7 +7,9 @@ builds its own model once, on its own device. Two kinds of model:
   weights over a ``SyntheticCatalogue`` (so the server runs anywhere, offline);
 * ``checkpoint`` + ``backbone``: ``FusedL2Rec.from_pretrained(checkpoint, backbone=...)``
   over ``AutoModelForCausalLM.from_pretrained(backbone, use_safetensors=True)``.
-  Only safetensors weights are read (never pickle). With ``titles`` the prompt is built
+  Only safetensors weights are read (never pickle). The backbone must be the one the
+  checkpoint was saved with (its weights are checked; ``check_backbone_weights=False``
+  serves it on another backbone on purpose). With ``titles`` the prompt is built
   from the history (``prompts.TitlePromptBuilder``); without, requests carry ``prompt_ids``.
 """
 
@@ -34,8 +36,12 @@ class ServiceSpec:
     backend: str = "auto"
     tiny_num_items: int = 200
     seed: int = 0
+    check_backbone_weights: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.check_backbone_weights, bool):
+            raise TypeError("check_backbone_weights must be a bool, got "
+                            f"{type(self.check_backbone_weights).__name__}")
         if (self.checkpoint is None) != (self.backbone is None):
             raise ValueError("checkpoint and backbone go together: give both (a trained model) "
                              "or neither (the built-in tiny model)")
@@ -75,21 +81,26 @@ def build_tiny_model(num_items: int = 200, seed: int = 0, device: str | torch.de
         ref = L2Rec(backbone, cfg)
         with torch.no_grad():
             ref.set_item_text_table(build_item_text_table(cat.titles, backbone, cat.tokenizer))
-    # Only the frozen backbone takes ``dtype``: the small L2Rec heads stay float32, which
-    # the model supports (its heads cast their inputs) and which keeps the scores precise.
+    # The backbone and the experts in ``dtype``, the small L2Rec heads in float32 (they cast
+    # their inputs), which keeps the gates and scores precise: ``to_inference_dtype``.
+    ref.to_inference_dtype(dtype)
     return FusedL2Rec.from_reference(ref, backend=backend).eval(), cat
 
 
 def load_checkpoint_model(checkpoint: str, backbone_path: str, device: torch.device,
-                          dtype: torch.dtype, backend: str = "auto"):
-    """(FusedL2Rec, tokenizer or None) from a saved L2Rec checkpoint and a backbone path."""
+                          dtype: torch.dtype, backend: str = "auto", *,
+                          check_backbone_weights: bool = True):
+    """(FusedL2Rec, tokenizer or None) from a saved L2Rec checkpoint and a backbone path: the
+    backbone and experts in ``dtype``, the heads in float32 (``to_inference_dtype``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from l2rec_kernels.models.fused import FusedL2Rec
 
     backbone = AutoModelForCausalLM.from_pretrained(backbone_path, use_safetensors=True, dtype=dtype)
     backbone = backbone.to(device).eval()
-    model = FusedL2Rec.from_pretrained(checkpoint, backbone=backbone, backend=backend)
+    model = FusedL2Rec.from_pretrained(checkpoint, backbone=backbone, backend=backend,
+                                       check_backbone_weights=check_backbone_weights)
+    model.to_inference_dtype(dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(backbone_path)
     except (OSError, ValueError):  # a backbone directory without tokenizer files
@@ -109,7 +120,8 @@ def build_service(spec: ServiceSpec):
         builder = SyntheticPromptBuilder(cat, max_prompt_tokens(model))
         name = f"tiny-random (llama, {spec.tiny_num_items} synthetic items)"
     else:
-        model, tokenizer = load_checkpoint_model(spec.checkpoint, spec.backbone, device, dtype, spec.backend)
+        model, tokenizer = load_checkpoint_model(spec.checkpoint, spec.backbone, device, dtype, spec.backend,
+                                                 check_backbone_weights=spec.check_backbone_weights)
         builder = None
         if spec.titles is not None:
             if tokenizer is None:
