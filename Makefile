@@ -25,16 +25,23 @@ CORE    := $(VENV)/.l2rec-core
 $(PY):
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 
-$(CORE): $(PY) pyproject.toml setup.py
+# torch first (pinned to the CPU wheel only where none is present), the build tools, then
+# the package with an extra in ONE pip call: each call resolves and builds again.
+define install_package
 	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q "setuptools>=64" wheel
-	$(PIP) install -q --no-build-isolation -e .
-	@touch $(CORE)
+	@$(PY) -c "import sys, setuptools, wheel; sys.exit(int(setuptools.__version__.split('.')[0]) < 64)" \
+		>/dev/null 2>&1 || $(PIP) install -q "setuptools>=64" wheel
+	$(PIP) install -q --no-build-isolation -e "$(1)"
+endef
 
-# One extra on top of the core install: $(VENV)/.l2rec-<extra>.
-$(VENV)/.l2rec-%: $(CORE)
-	$(PIP) install -q --no-build-isolation -e ".[$*]"
+$(CORE): $(PY) pyproject.toml setup.py
+	$(call install_package,.)
 	@touch $@
+
+# The package with one extra: $(VENV)/.l2rec-<extra> (it includes the core install).
+$(VENV)/.l2rec-%: $(PY) pyproject.toml setup.py
+	$(call install_package,.[$*])
+	@touch $@ $(CORE)
 
 setup: $(VENV)/.l2rec-test $(VENV)/.l2rec-bench $(VENV)/.l2rec-plot $(VENV)/.l2rec-serve
 
