@@ -72,7 +72,7 @@ cuda-check: $(VENV)/.l2rec-test
 # Compile every Triton kernel through its launcher for sm_90a and sm_80 (Triton's own ptxas,
 # no GPU needed) and fail on compile errors, shared memory over the limit, spills, missing
 # wgmma or scalar LoRA loads; the table goes to bench/results/gpu_compile_check.md.
-gpu-compile-check: $(CORE)
+gpu-compile-check: $(VENV)/.l2rec-triton
 	$(PY) tools/gpu_compile_check.py
 
 lint: $(VENV)/.l2rec-test
