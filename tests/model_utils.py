@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from tolerances import REL_TOL, rel_err
 
@@ -82,3 +84,23 @@ def repad(b: dict, side: str, extra: int = 0) -> dict:
         out_ids[i, sl] = tokens
         out_mask[i, sl] = 1
     return {"input_ids": out_ids, "attention_mask": out_mask, "history_ids": b["history_ids"]}
+
+
+def run_in_threads(work, n: int) -> dict:
+    """``work(i)`` for i in range(n), each in its own thread at once: {i: its result}. An
+    exception in any thread fails the caller's test."""
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # surfaced below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results

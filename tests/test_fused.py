@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from model_utils import (
@@ -14,6 +12,7 @@ from model_utils import (
     make_pair,
     make_reference,
     repad,
+    run_in_threads,
 )
 from tolerances import REL_TOL, assert_close_tol, rel_err
 
@@ -96,23 +95,14 @@ def test_threads_share_one_model_safely():
     with torch.no_grad():
         expected = [fused(**b).scores for b in batches]
         expected_ref = [ref(**b).scores for b in batches]
-    results, errors = {}, []
 
-    def worker(i):
-        try:
-            with torch.no_grad():
-                for _ in range(3):
-                    model = fused if i % 2 == 0 else ref
-                    results[i] = model(**batches[i]).scores
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+    def work(i):
+        with torch.no_grad():
+            for _ in range(3):
+                scores = (fused if i % 2 == 0 else ref)(**batches[i]).scores
+        return scores
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = run_in_threads(work, 6)
     for i in range(6):
         want = expected[i] if i % 2 == 0 else expected_ref[i]
         torch.testing.assert_close(results[i], want, **assert_close_tol(torch.float32))

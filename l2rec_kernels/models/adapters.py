@@ -17,6 +17,10 @@ A model activates its context only for the duration of its own forward, so
 * a reference ``L2Rec`` and a ``FusedL2Rec`` can share one backbone: each context only
   answers for the modules it owns;
 * ``uninstall`` removes the shim (it is reference-counted across owners).
+
+Under ``torch.compile`` the contexts live in a plain list while Dynamo traces (it cannot
+trace a ``ContextVar``); each is pushed and popped inside the traced forward, so the
+routing is baked into the graph and nothing is read from the list when the graph runs.
 """
 
 from __future__ import annotations
@@ -77,11 +81,44 @@ class RoutingContext:
 _ACTIVE: contextvars.ContextVar[tuple[RoutingContext, ...]] = contextvars.ContextVar(
     "l2rec_routing_context", default=()
 )
+# While torch.compile traces a forward, the contexts live here instead: Dynamo cannot trace a
+# ContextVar, but it traces a plain list's appends and pops as side effects. A context is
+# pushed and popped inside the traced region, so the compiled graph never reads this list
+# when it runs (the routing is baked into the graph): threads running compiled code do not
+# share anything through it, and eager forwards (any thread) keep using ``_ACTIVE``. The
+# exception: a forward that Dynamo splits with a graph break (fullgraph=False) holds its
+# context here between its graphs, where another thread's compiled forward could see it.
+_TRACING: list[RoutingContext] = []
+
+
+def _active() -> tuple[RoutingContext, ...] | list[RoutingContext]:
+    """The active contexts, outermost first.
+
+    While Dynamo traces, those pushed in the traced code (``_TRACING``); when none were (a
+    compiled region that began inside an eager forward: a compiled backbone, or a forward
+    that Dynamo split with a graph break), the ContextVar's, read eagerly at a graph break
+    (so ``fullgraph=True`` compiles only whole forwards). Eager code that runs between two
+    graphs of a split forward sees both."""
+    if torch.compiler.is_compiling():
+        if _TRACING:
+            return _TRACING
+        return _ACTIVE.get()
+    if _TRACING:
+        return (*_TRACING, *_ACTIVE.get())
+    return _ACTIVE.get()
 
 
 @contextlib.contextmanager
 def activate(ctx: RoutingContext) -> Iterator[None]:
-    """Make ``ctx`` answer for its modules inside the ``with`` block (this thread only)."""
+    """Make ``ctx`` answer for its modules inside the ``with`` block (this thread only;
+    while torch.compile traces, for the traced forward)."""
+    if torch.compiler.is_compiling():
+        _TRACING.append(ctx)
+        try:
+            yield
+        finally:
+            _TRACING.pop()
+        return
     token = _ACTIVE.set((*_ACTIVE.get(), ctx))
     try:
         yield
@@ -91,7 +128,7 @@ def activate(ctx: RoutingContext) -> Iterator[None]:
 
 def _shim_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # Innermost context first, so a model called inside another model's forward wins.
-    for ctx in reversed(_ACTIVE.get()):
+    for ctx in reversed(_active()):
         experts = ctx.experts.get(self)
         if experts is not None:
             return ctx.linear(self, experts, x)
@@ -100,7 +137,7 @@ def _shim_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def active_layer_plan(layer: nn.Module):
     """The innermost active context's plan for decoder ``layer``, or None."""
-    for ctx in reversed(_ACTIVE.get()):
+    for ctx in reversed(_active()):
         plan = ctx.layer_plan(layer)
         if plan is not None:
             return plan

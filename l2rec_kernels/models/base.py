@@ -21,7 +21,7 @@ from .config import NUM_VIEWS, L2RecConfig
 from .digest import backbone_digest, backbone_digest_mismatches, json_text
 from .encoders import SASRecEncoder, last_true_index, semantic_summary
 from .heads import CrossViewFusion, ItemScorer, ViewRouter, rename_legacy_router_keys
-from .inputs import L2RecOutput, check_forward_inputs
+from .inputs import L2RecOutput, validated_forward_inputs
 
 CONFIG_NAME = "l2rec_config.json"
 WEIGHTS_NAME = "l2rec_weights.safetensors"
@@ -184,6 +184,7 @@ class L2RecBase(nn.Module):
         """
         parts = self._forward_parts(input_ids, attention_mask, history_ids, candidate_ids, labels)
         z, gates = parts["z"], parts["gates"]
+        candidate_ids, labels = parts["candidate_ids"], parts["labels"]  # checked (compile)
         scores = self.score(z, candidate_ids)
         loss = aux = None
         if labels is not None:
@@ -211,8 +212,10 @@ class L2RecBase(nn.Module):
 
     def _forward_parts(self, input_ids, attention_mask, history_ids, candidate_ids=None,
                        labels=None) -> dict:
-        """Check the inputs, route and run the backbone: z, gates, logits, h_b, h_s."""
-        mask = check_forward_inputs(
+        """Check the inputs, route and run the backbone: z, gates, logits, h_b, h_s, and the
+        checked candidate_ids and labels (``validated_forward_inputs``: under torch.compile
+        they depend on the value checks, so the caller must use these)."""
+        mask, input_ids, history_ids, candidate_ids, labels = validated_forward_inputs(
             input_ids, attention_mask, history_ids, candidate_ids, labels,
             vocab_size=self.backbone.config.vocab_size, num_items=self.num_items,
             max_history=self.config.max_history, check_values=self.validate_inputs)
@@ -221,7 +224,8 @@ class L2RecBase(nn.Module):
         logits = self.gate_logits(history_ids, input_ids, mask)
         gates = self.route_gates(logits)
         h_b, h_s = self._dual_hidden(input_ids, mask, gates)
-        return {"z": self.fusion(h_b, h_s), "gates": gates, "logits": logits, "h_b": h_b, "h_s": h_s}
+        return {"z": self.fusion(h_b, h_s), "gates": gates, "logits": logits, "h_b": h_b,
+                "h_s": h_s, "candidate_ids": candidate_ids, "labels": labels}
 
     def _check_recommend_args(self, history_ids, k, exclude_history, exclude_ids) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:

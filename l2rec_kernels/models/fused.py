@@ -183,7 +183,8 @@ class FusedL2Rec(L2RecBase):
         super().remove_adapters()
 
     def uses_packing(self) -> bool:
-        """Whether a forward sends packed (unpadded) sequences to the attention."""
+        """Whether a forward sends packed (unpadded) sequences to the attention (in eager
+        mode: a forward compiled with torch.compile always runs padded)."""
         if self._packing != "auto":
             return self._packing == "packed"
         impl = getattr(self.backbone.config, "_attn_implementation", None)
@@ -204,7 +205,9 @@ class FusedL2Rec(L2RecBase):
         meta = batch_metadata(mask, num_views=NUM_VIEWS, backend=backends["metadata"])
         stacked_ids = input_ids.repeat(NUM_VIEWS, 1)                  # view-major: [2B, T]
         positions = meta.position_ids.repeat(NUM_VIEWS, 1)
-        packed = self.uses_packing()
+        # Packed input has data-dependent shapes (the number of attended tokens), which a
+        # compiled graph cannot take: under torch.compile the padded path runs instead.
+        packed = self.uses_packing() and not torch.compiler.is_compiling()
         if packed:  # sequence s owns packed rows cu_seqlens[s] .. cu_seqlens[s+1]-1
             cu = meta.cu_seqlens
         else:       # ... or padded rows s·T .. s·T+T-1

@@ -69,23 +69,86 @@ def check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, 
     if labels is not None:
         check_int("labels", labels, ndim=1, device=device)
         check_shape("labels", labels, (batch,))
+    if not check_values:
+        return attention_mask.bool()
+    if torch.compiler.is_compiling():  # see validated_forward_inputs
+        return check_forward_values(input_ids, attention_mask, history_ids, candidate_ids,
+                                    labels, vocab_size, num_items)[0]
     mask = attention_mask.bool()
-    if check_values:
-        if attention_mask.dtype != torch.bool:
-            check_range("attention_mask", attention_mask, 0, 1)
-        if batch and not bool(mask.any(-1).all()):
-            raise ValueError("attention_mask has a row with no attended token; every prompt "
-                             "needs at least one")
-        check_range("input_ids", input_ids, 0, vocab_size - 1)
-        check_range("history_ids", history_ids, 0, num_items)
-        if candidate_ids is not None:
-            check_range("candidate_ids", candidate_ids, 1, num_items)
-        if labels is not None:
-            if candidate_ids is None:
-                check_range("labels", labels, 1, num_items)
-            else:
-                check_range("labels", labels, 0, candidate_ids.shape[-1] - 1)
+    _check_values(input_ids, attention_mask, mask, history_ids, candidate_ids, labels,
+                  vocab_size=vocab_size, num_items=num_items)
     return mask
+
+
+def _check_values(input_ids, attention_mask, mask, history_ids, candidate_ids, labels, *,
+                  vocab_size: int, num_items: int) -> None:
+    """The checks of ``check_forward_inputs`` that read values (a host sync on a GPU)."""
+    if attention_mask.dtype != torch.bool:
+        check_range("attention_mask", attention_mask, 0, 1)
+    if mask.shape[0] and not bool(mask.any(-1).all()):
+        raise ValueError("attention_mask has a row with no attended token; every prompt "
+                         "needs at least one")
+    check_range("input_ids", input_ids, 0, vocab_size - 1)
+    check_range("history_ids", history_ids, 0, num_items)
+    if candidate_ids is not None:
+        check_range("candidate_ids", candidate_ids, 1, num_items)
+    if labels is not None:
+        if candidate_ids is None:
+            check_range("labels", labels, 1, num_items)
+        else:
+            check_range("labels", labels, 0, candidate_ids.shape[-1] - 1)
+
+
+def validated_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, labels, *,
+                             vocab_size: int, num_items: int, max_history: int,
+                             check_values: bool = True) -> tuple:
+    """``check_forward_inputs``, returning (mask, input_ids, history_ids, candidate_ids,
+    labels): the tensors a forward must use from here on.
+
+    In eager mode they are the arguments themselves. While torch.compile traces, reading
+    values would be a data-dependent guard (or a graph break), so the value checks are one
+    opaque op in the graph (``torch.ops.l2rec.check_forward_values``): every call of the
+    compiled graph runs them and raises the same ValueError as eager. The tensors returned
+    then depend on that op (each is the argument plus the op's zero), so the compiler cannot
+    run anything that reads them (an embedding lookup, say) before the checks.
+    """
+    if not (check_values and torch.compiler.is_compiling()):
+        mask = check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, labels,
+                                    vocab_size=vocab_size, num_items=num_items,
+                                    max_history=max_history, check_values=check_values)
+        return mask, input_ids, history_ids, candidate_ids, labels
+    check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, labels,
+                         vocab_size=vocab_size, num_items=num_items, max_history=max_history,
+                         check_values=False)  # types and shapes: free, checked while tracing
+    mask, zero = check_forward_values(input_ids, attention_mask, history_ids, candidate_ids,
+                                      labels, vocab_size, num_items)
+
+    def after_checks(t):
+        return None if t is None else t + zero.to(t.dtype)
+
+    return (mask, after_checks(input_ids), after_checks(history_ids),
+            after_checks(candidate_ids), after_checks(labels))
+
+
+@torch.library.custom_op("l2rec::check_forward_values", mutates_args=())
+def check_forward_values(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         history_ids: torch.Tensor, candidate_ids: torch.Tensor | None,
+                         labels: torch.Tensor | None, vocab_size: int,
+                         num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.l2rec.check_forward_values``: the value checks of ``check_forward_inputs``
+    as one op (what a compiled forward runs). Returns the attention mask as a new bool
+    tensor and a zero (int64 scalar) for ``validated_forward_inputs`` to tie inputs to."""
+    mask = attention_mask.to(torch.bool, copy=True)  # an op's output must not alias its input
+    _check_values(input_ids, attention_mask, mask, history_ids, candidate_ids, labels,
+                  vocab_size=vocab_size, num_items=num_items)
+    return mask, torch.zeros((), dtype=torch.int64, device=input_ids.device)
+
+
+@check_forward_values.register_fake
+def _check_forward_values_fake(input_ids, attention_mask, history_ids, candidate_ids, labels,
+                               vocab_size, num_items):
+    return (torch.empty_like(attention_mask, dtype=torch.bool),
+            torch.empty((), dtype=torch.int64, device=input_ids.device))
 
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:

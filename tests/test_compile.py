@@ -1,0 +1,180 @@
+"""torch.compile(model, fullgraph=True): one graph per forward, the eager model's outputs
+and errors, a bounded number of graphs over batch sizes and prompt lengths.
+
+Most tests compile with ``backend="eager"``: Dynamo traces the whole forward (what decides
+graph breaks, guards and recompiles) and the graph runs with aten's kernels, so a compile
+takes seconds. One test compiles with Inductor, the default backend, which also reorders
+the graph's work (the value checks must still come before any lookup they protect).
+"""
+
+
+import pytest
+import torch
+from model_utils import batch, make_pair, repad, run_in_threads
+from test_paper_preset import paper_overrides
+from tolerances import REL_TOL, rel_err
+from torch._dynamo.utils import counters
+
+from l2rec_kernels.models import adapters
+
+TOL = REL_TOL[torch.float32]
+MODELS = ("fused", "reference")
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test starts with no compiled code and no counts (graphs of earlier tests' models
+    would count against the recompile limit of the shared forward)."""
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def pick(which: str, arch: str = "llama", **cfg):
+    ref, fused = make_pair(arch, **cfg)
+    return fused if which == "fused" else ref
+
+
+def bad_inputs(b: dict) -> list[dict]:
+    """One input per value check of ``check_forward_inputs``, same shapes and dtypes as ``b``."""
+    return [dict(b, history_ids=b["history_ids"] + 100),
+            dict(b, input_ids=b["input_ids"] + 1000),
+            dict(b, attention_mask=b["attention_mask"].long() * 2),
+            dict(b, attention_mask=torch.zeros_like(b["attention_mask"]))]
+
+
+def error_of(fn, b: dict) -> str:
+    try:
+        fn(**b)
+    except Exception as e:  # the same type and message are expected
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
+def assert_no_context_left(model) -> None:
+    """Outside a forward the backbone is the plain model: no routing context is active."""
+    assert adapters._active() == () and adapters._TRACING == []
+    for m in model.adapted_linears:
+        assert m.forward.__func__ is adapters._shim_forward  # the shim, asking no context
+
+
+@torch.no_grad()
+def test_fused_inductor_parity_and_errors():
+    """The default backend: same scores as eager, and bad input raises eager's ValueError
+    from the compiled graph, before any embedding lookup could read an out-of-range id."""
+    model = pick("fused")
+    b = batch(3, 9, 5)
+    compiled = torch.compile(model, fullgraph=True)
+    assert rel_err(compiled(**b).scores, model(**b).scores) < TOL
+    for bad in bad_inputs(b):
+        want = error_of(model, bad)
+        assert want.startswith("ValueError")
+        assert error_of(compiled, bad) == want
+    assert counters["stats"]["unique_graphs"] == 1  # the bad inputs reused the graph
+    assert_no_context_left(model)
+
+
+@pytest.mark.parametrize("which", MODELS)
+@torch.no_grad()
+def test_fullgraph_parity_both_padding_sides(which):
+    model = pick(which)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    b = batch(4, 10, 6)  # ragged prompts
+    for side in ("right", "left"):
+        x = repad(b, side, extra=2)  # the same width on both sides: one graph
+        out, want = compiled(**x), model(**x)
+        for name in ("scores", "preference", "gates"):
+            assert rel_err(getattr(out, name), getattr(want, name)) < TOL, (side, name)
+    candidates = torch.arange(1, 8)
+    x = dict(b, candidate_ids=candidates, labels=torch.tensor([0, 3, 6, 2]))
+    out, want = compiled(**x), model(**x)
+    assert rel_err(out.scores, want.scores) < TOL and rel_err(out.loss, want.loss) < TOL
+    assert_no_context_left(model)
+
+
+@pytest.mark.parametrize("which", MODELS)
+@pytest.mark.parametrize("preset", ("top_k=2", "paper"))
+@torch.no_grad()
+def test_fullgraph_parity_presets(which, preset):
+    cfg = dict(top_k=2, num_experts=4) if preset == "top_k=2" else paper_overrides()
+    model = pick(which, **cfg)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    b = batch(3, 9, 5)
+    out, want = compiled(**b), model(**b)
+    assert rel_err(out.scores, want.scores) < TOL and rel_err(out.gates, want.gates) < TOL
+    for bad in bad_inputs(b)[:2]:
+        assert error_of(compiled, bad) == error_of(model, bad)
+
+
+@torch.no_grad()
+def test_batch_sizes_and_lengths_reuse_a_bounded_number_of_graphs():
+    """Automatic dynamic shapes: a static graph for the first shape, a dynamic one on the
+    first change, and batch size 1 specialised (PyTorch's 0/1 specialisation): at most 4
+    graphs for any batch size in 1..64 and any prompt length."""
+    model = pick("fused")
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    for n, seq in [(3, 9), (2, 5), (5, 13), (64, 11), (1, 9), (1, 3), (17, 30)]:
+        b = batch(n, seq, 5)
+        assert rel_err(compiled(**b).scores, model(**b).scores) < TOL, (n, seq)
+    assert counters["stats"]["unique_graphs"] <= 4
+
+
+@torch.no_grad()
+def test_eager_threads_while_a_compiled_copy_exists():
+    """Compiling leaves eager semantics alone: threads sharing the eager model still get
+    their own routing (the ContextVar), and each gets its own batch's answer."""
+    model = pick("fused")
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    batches = [batch(2, 6 + i, 4, seed=i) for i in range(4)]
+    want = [compiled(**b).scores for b in batches]
+
+    def work(i):
+        for _ in range(3):
+            scores = model(**batches[i]).scores
+        return scores
+
+    got = run_in_threads(work, 4)
+    for i in range(4):
+        assert rel_err(got[i], want[i]) < TOL
+    assert_no_context_left(model)
+
+
+@torch.no_grad()
+def test_validate_inputs_off_compiles_too():
+    model = pick("fused")
+    model.validate_inputs = False
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    b = batch(3, 9, 5)
+    assert rel_err(compiled(**b).scores, model(**b).scores) < TOL
+
+
+@torch.no_grad()
+def test_a_graph_break_inside_the_forward_still_routes(monkeypatch):
+    """Without fullgraph, a break inside the routed region (here forced in every adapted
+    linear) splits the forward; the pieces still find the routing (slowly: one graph per
+    linear, up to the recompile limit, then eager)."""
+    model = pick("reference")
+    linear = adapters.ReferenceContext.linear
+
+    def breaking(self, module, experts, x):
+        torch._dynamo.graph_break()
+        return linear(self, module, experts, x)
+
+    monkeypatch.setattr(adapters.ReferenceContext, "linear", breaking)
+    b = batch(3, 9, 5)
+    compiled = torch.compile(model, backend="eager")
+    assert rel_err(compiled(**b).scores, model(**b).scores) < TOL
+    assert_no_context_left(model)
+
+
+@pytest.mark.parametrize("arch, packing", [("qwen3", "auto"), ("mistral", "auto"),
+                                           ("llama", "packed")])
+@torch.no_grad()
+def test_fullgraph_parity_other_backbones_and_packing(arch, packing):
+    """Packed input has data-dependent shapes: compiled, the model runs it padded."""
+    model = pick("fused", arch=arch)
+    model.packing = packing
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    b = batch(3, 9, 5)
+    assert rel_err(compiled(**b).scores, model(**b).scores) < TOL
