@@ -86,18 +86,26 @@ class SyntheticCatalogue:
 
     def prompt_tokens(self, history: Sequence[int]) -> list[int]:
         """BOS, then each history item's title followed by SEP (the prompt lists the titles)."""
-        tokens = [BOS]
-        for item in self.check_history(history):
-            tokens += [*self.tokenizer.encode(self.titles[item - 1]), SEP]
-        return tokens
+        return self._prompt_tokens(self.check_history(history))
 
     def prompts(self, histories: Sequence[Sequence[int]], side: str = "left") -> dict:
-        histories = self.check_histories(histories)
-        return pad_rows([self.prompt_tokens(h) for h in histories], side=side)
+        return self._prompts(self.check_histories(histories), side)
 
     def history_tensor(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         """[len(histories), max_history]: each history's last ``max_history`` ids, 0-padded."""
-        histories = self.check_histories(histories)
+        return self._history_tensor(self.check_histories(histories))
+
+    # The public methods check their histories once, then call these on the checked lists.
+    def _prompt_tokens(self, ids: list[int]) -> list[int]:
+        tokens = [BOS]
+        for item in ids:
+            tokens += [*self.tokenizer.encode(self.titles[item - 1]), SEP]
+        return tokens
+
+    def _prompts(self, histories: list[list[int]], side: str) -> dict:
+        return pad_rows([self._prompt_tokens(h) for h in histories], side=side)
+
+    def _history_tensor(self, histories: list[list[int]]) -> torch.Tensor:
         out = torch.zeros(len(histories), self.max_history, dtype=torch.long)
         for i, h in enumerate(histories):
             h = h[-self.max_history:]
@@ -128,4 +136,4 @@ class SyntheticCatalogue:
         """Model inputs for these histories (lists of item ids in 1..num_items; a bad id
         raises ValueError naming it and its user)."""
         histories = self.check_histories(histories)
-        return {**self.prompts(histories, side), "history_ids": self.history_tensor(histories)}
+        return {**self._prompts(histories, side), "history_ids": self._history_tensor(histories)}

@@ -387,8 +387,8 @@ class L2RecBase(nn.Module):
 
 def load_balance_loss(logits: torch.Tensor, gates: torch.Tensor, temperature: float) -> torch.Tensor:
     """Switch-style balance over the experts, averaged over the views: E · Σ_e f_e · P_e,
-    f_e the share of the batch's gate mass on expert e (no gradient: with top-k it is the
-    share of users routed there), P_e the mean router probability; 1 when balanced."""
+    f_e the share of the batch's gate mass on expert e (no gradient; with top-k only the
+    users routed to e add to it), P_e the mean router probability; 1 when balanced."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)          # [V, B, E]
     share = gates.detach().float().mean(1)
     share = share / share.sum(-1, keepdim=True).clamp_min(1e-12)         # [V, E]

@@ -51,8 +51,8 @@ class L2RecConfig:
         per user per view whatever the inputs.
     Auxiliary training losses (added to ``loss`` when labels are given, each also reported
     unweighted in ``L2RecOutput.aux_losses``; 0 = not computed):
-      load_balance_weight: Switch-style E · Σ_e f_e · P_e per view (f: share of users whose
-        gate uses expert e, P: mean router probability), averaged over the views.
+      load_balance_weight: Switch-style E · Σ_e f_e · P_e per view (f: the share of the
+        batch's gate mass on expert e, P: mean router probability), averaged over the views.
       contrastive_weight: bidirectional InfoNCE between the two views' preference
         projections P_b h_b and P_s h_s of the same users (other users in the batch are the
         negatives), at temperature ``contrastive_temperature``.

@@ -69,14 +69,10 @@ def check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, 
     if labels is not None:
         check_int("labels", labels, ndim=1, device=device)
         check_shape("labels", labels, (batch,))
-    if not check_values:
-        return attention_mask.bool()
-    if torch.compiler.is_compiling():  # see validated_forward_inputs
-        return check_forward_values(input_ids, attention_mask, history_ids, candidate_ids,
-                                    labels, vocab_size, num_items)[0]
     mask = attention_mask.bool()
-    _check_values(input_ids, attention_mask, mask, history_ids, candidate_ids, labels,
-                  vocab_size=vocab_size, num_items=num_items)
+    if check_values:  # (eager only: validated_forward_inputs handles a compiled forward)
+        _check_values(input_ids, attention_mask, mask, history_ids, candidate_ids, labels,
+                      vocab_size=vocab_size, num_items=num_items)
     return mask
 
 
