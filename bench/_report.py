@@ -57,6 +57,7 @@ class RunConfig:
     warmup: int = 0
     memory: bool = True
     dtype_given: bool = False  # --dtype was given: sweep that dtype only
+    compile: bool = False      # --compile: the model section adds compiled providers
 
     @property
     def cuda(self) -> bool:

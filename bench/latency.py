@@ -2,7 +2,7 @@
 
     python bench/latency.py [--quick] [--sections S1,S2] [--set SECTION.AXIS=V1[,V2...]]...
                             [--device D] [--dtype T] [--rounds N] [--warmup N] [--threads N]
-                            [--no-memory] [--out DIR]
+                            [--no-memory] [--compile] [--out DIR]
 
 Sections (``--sections``, all by default), each a library module with no command line of
 its own:
@@ -136,6 +136,9 @@ def main(argv=None) -> int:
                     help="CPU threads torch uses (default: $L2REC_THREADS, else the cores this "
                          "process may run on)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
+    ap.add_argument("--compile", action="store_true",
+                    help="model section: also time the compiled FusedL2Rec and plain backbone "
+                         "(torch.compile; CUDA graphs on a GPU); compiling takes minutes")
     args = ap.parse_args(argv)
 
     sizes: dict[str, dict[str, list]] = {}  # section -> axis -> values
@@ -171,7 +174,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = RunConfig(device, dtype, quick=args.quick, rounds=args.rounds, warmup=args.warmup,
-                    memory=not args.no_memory, dtype_given=args.dtype is not None)
+                    memory=not args.no_memory, dtype_given=args.dtype is not None,
+                    compile=args.compile)
     meta = run_meta(device, dtype)
     rows: list[dict] = []
 

@@ -21,6 +21,11 @@ sequences in one backbone pass, then the same fusion and scoring heads.
 Before timing, each case checks that the PEFT peer scores what L2Rec scores with top-1
 routing on the same batch (a warning on stderr if not), so the peer is a fair one.
 
+With ``--compile``, ``FusedL2Rec[<backend>,compiled]`` is the fused model through
+``compile_for_serving`` (models/compiled.py; one bucket, the case's own shape) and
+``plain_backbone_2B[compiled]`` the plain backbone through ``torch.compile``: on CUDA both
+replay CUDA graphs (mode="reduce-overhead"). Both compile before timing.
+
 Inputs rotate between a few batches so caches don't flatter a provider.
 
 The PEFT peer is built only for the iLoRA-style presets (no shared experts, routers over
@@ -53,6 +58,7 @@ from _timing import Rotation, interleaved
 from l2rec_kernels import FusedL2Rec, L2Rec, L2RecConfig
 from l2rec_kernels._backend import cuda_ext_unavailable_reason, triton_unavailable_reason
 from l2rec_kernels.models.base import gather_last
+from l2rec_kernels.models.compiled import compile_for_serving
 from l2rec_kernels.models.config import NUM_VIEWS
 from l2rec_kernels.models.inputs import position_ids_from_mask
 from l2rec_kernels.models.tiny import synthetic_batch, tiny_backbone
@@ -228,10 +234,31 @@ def check_peft_peer(ref: L2Rec, peft_model, batch: dict, dtype: torch.dtype) -> 
     return err
 
 
+def compiled_providers(ref: L2Rec, fused: FusedL2Rec, plain, users: int, seq_len: int,
+                       device: torch.device) -> dict:
+    """{provider: callable(batch)}: the fused model via ``compile_for_serving`` with one
+    bucket (this case's shape, so nothing is padded) and the plain backbone through
+    ``torch.compile`` at the same shape; on CUDA both replay CUDA graphs
+    (mode="reduce-overhead"). Each is compiled here, before timing."""
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    runner = compile_for_serving(fused, mode=mode, batch_buckets=(users,), length_buckets=(seq_len,))
+    graph = torch.compile(lambda b: plain(b).last_hidden_state, fullgraph=True, dynamic=False,
+                          mode=mode)
+
+    def plain_compiled(b):
+        if runner.cuda_graphs:  # this replay may overwrite the previous one's output
+            torch.compiler.cudagraph_mark_step_begin()
+        return graph(b)
+
+    return {f"FusedL2Rec[{fused.backend},compiled]": lambda b: runner(**b),
+            "plain_backbone_2B[compiled]": plain_compiled}
+
+
 def model_providers(shape: ModelShape, users: int, device: torch.device, dtype: torch.dtype,
                     fused_backends: tuple[str, ...] = ("torch",), peft: bool = True, rotate: int = 2,
-                    no_shortcuts: bool = True):
-    """({provider: zero-arg callable} for one batch size, tokens per call)."""
+                    no_shortcuts: bool = True, compiled: bool = False):
+    """({provider: zero-arg callable} for one batch size, tokens per call). ``compiled`` adds
+    ``compiled_providers`` for the first fused backend."""
     ref, fused, peft_model = build_models(shape, device, dtype, fused_backends, peft)
     batches = [synthetic_batch(users, shape.seq_len, 20, vocab=shape.vocab,
                                num_items=shape.num_items, ragged=False, seed=s, device=device)
@@ -257,6 +284,14 @@ def model_providers(shape: ModelShape, users: int, device: torch.device, dtype: 
         full = FusedL2Rec.from_reference(ref, backend=name)
         full.validate_inputs, full.layer_shortcuts = False, False
         providers[f"FusedL2Rec[{name},no_shortcuts]"] = rotating(lambda b: full(**b))
+    if compiled and fused:
+        name = next(iter(fused))
+        for label, fn in compiled_providers(ref, fused[name], plain, users, shape.seq_len,
+                                            device).items():
+            with torch.no_grad():
+                for _ in range(2):  # compile (and on CUDA record the graph) before timing
+                    fn(batches[0])
+            providers[label] = rotating(fn)
     if peft_model is not None:
         check_peft_peer(ref, peft_model, batches[0], dtype)
         providers[PEFT_PROVIDER] = rotating(lambda b: peft_forward(ref, peft_model, b))
@@ -291,7 +326,8 @@ def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Ca
     timing = cfg.timing(3, 1) if cfg.quick else cfg.timing(10, 3)
 
     def run(shape: ModelShape, users: int) -> None:
-        providers, tokens = model_providers(shape, users, cfg.device, cfg.dtype, backends)
+        providers, tokens = model_providers(shape, users, cfg.device, cfg.dtype, backends,
+                                            compiled=cfg.compile)
         stats = interleaved(providers, cfg.device, **timing)
         per_s = lambda name, s: {"tokens_per_s": tokens / s["median"] * 1e3,
                                  "users_per_s": users / s["median"] * 1e3}

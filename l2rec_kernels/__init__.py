@@ -5,6 +5,7 @@ or queries CUDA; those happen on first use.
 """
 
 from ._backend import backend_info
+from .models.compiled import compile_for_serving
 from .models.config import L2RecConfig
 from .models.fused import FusedL2Rec
 from .models.inputs import L2RecOutput
@@ -21,6 +22,7 @@ __all__ = [
     "L2RecOutput",
     "backend_info",
     "batch_metadata",
+    "compile_for_serving",
     "dpmoe_linear",
     "route",
     "topk_items",

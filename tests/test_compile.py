@@ -178,3 +178,32 @@ def test_fullgraph_parity_other_backbones_and_packing(arch, packing):
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     b = batch(3, 9, 5)
     assert rel_err(compiled(**b).scores, model(**b).scores) < TOL
+
+
+@pytest.mark.parametrize("which", MODELS)
+@torch.no_grad()
+def test_dynamic_true_compiles_one_graph(which):
+    """dynamic=True from the first call: the config's floats (gate temperature, scaling)
+    become symbolic, which the ops' checks must take (comparisons, not math.isfinite)."""
+    model = pick(which)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="eager")
+    for n, seq in [(3, 9), (5, 13), (2, 30)]:
+        b = batch(n, seq, 5)
+        out, want = compiled(**b), model(**b)
+        assert rel_err(out.scores, want.scores) < TOL and rel_err(out.gates, want.gates) < TOL
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@torch.no_grad()
+def test_the_plain_backbone_compiles_with_adapters_installed():
+    """Outside a forward the backbone is the plain model, compiled too (fullgraph): its
+    shims find no routing context without reading the ContextVar."""
+    model = pick("fused")
+    base = model.backbone.base_model
+    b = batch(3, 9, 5)
+    kw = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+    compiled = torch.compile(base, fullgraph=True, backend="eager")
+    want = base(**kw).last_hidden_state
+    assert rel_err(compiled(**kw).last_hidden_state, want) < TOL
+    model.remove_adapters()
+    assert rel_err(base(**kw).last_hidden_state, want) < TOL  # it was the plain model

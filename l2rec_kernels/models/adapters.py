@@ -30,6 +30,7 @@ import contextvars
 import dataclasses
 import math
 import sys
+import threading
 import types
 from collections.abc import Iterator
 
@@ -89,19 +90,27 @@ _ACTIVE: contextvars.ContextVar[tuple[RoutingContext, ...]] = contextvars.Contex
 # exception: a forward that Dynamo splits with a graph break (fullgraph=False) holds its
 # context here between its graphs, where another thread's compiled forward could see it.
 _TRACING: list[RoutingContext] = []
+# How many eager contexts this thread has open (mirrors ``_ACTIVE``). Dynamo traces a
+# threading.local (and guards on it), so code compiled outside any forward (a compiled
+# plain backbone) sees 0 and traces as the plain model, with fullgraph=True, instead of
+# reaching for the ContextVar.
+_EAGER = threading.local()
 
 
 def _active() -> tuple[RoutingContext, ...] | list[RoutingContext]:
     """The active contexts, outermost first.
 
-    While Dynamo traces, those pushed in the traced code (``_TRACING``); when none were (a
-    compiled region that began inside an eager forward: a compiled backbone, or a forward
-    that Dynamo split with a graph break), the ContextVar's, read eagerly at a graph break
-    (so ``fullgraph=True`` compiles only whole forwards). Eager code that runs between two
-    graphs of a split forward sees both."""
+    While Dynamo traces, those pushed in the traced code (``_TRACING``); when none were,
+    none if this thread has no eager forward open (a compiled plain backbone: it traces as
+    the plain model), else (a compiled region that began inside an eager forward: a
+    compiled backbone, or a forward that Dynamo split with a graph break) the ContextVar's,
+    read eagerly at a graph break (so ``fullgraph=True`` compiles only whole forwards).
+    Eager code that runs between two graphs of a split forward sees both."""
     if torch.compiler.is_compiling():
         if _TRACING:
             return _TRACING
+        if not getattr(_EAGER, "depth", 0):
+            return ()
         return _ACTIVE.get()
     if _TRACING:
         return (*_TRACING, *_ACTIVE.get())
@@ -120,9 +129,11 @@ def activate(ctx: RoutingContext) -> Iterator[None]:
             _TRACING.pop()
         return
     token = _ACTIVE.set((*_ACTIVE.get(), ctx))
+    _EAGER.depth = getattr(_EAGER, "depth", 0) + 1
     try:
         yield
     finally:
+        _EAGER.depth -= 1
         _ACTIVE.reset(token)
 
 

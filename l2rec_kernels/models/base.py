@@ -211,14 +211,19 @@ class L2RecBase(nn.Module):
         return parts["z"], parts["gates"]
 
     def _forward_parts(self, input_ids, attention_mask, history_ids, candidate_ids=None,
-                       labels=None) -> dict:
+                       labels=None, *, check_values: bool | None = None) -> dict:
         """Check the inputs, route and run the backbone: z, gates, logits, h_b, h_s, and the
         checked candidate_ids and labels (``validated_forward_inputs``: under torch.compile
-        they depend on the value checks, so the caller must use these)."""
+        they depend on the value checks, so the caller must use these).
+
+        ``check_values`` None follows ``validate_inputs``; False is for callers that checked
+        the values already (``models.compiled``: its graphs must not sync with the host)."""
+        if check_values is None:
+            check_values = self.validate_inputs
         mask, input_ids, history_ids, candidate_ids, labels = validated_forward_inputs(
             input_ids, attention_mask, history_ids, candidate_ids, labels,
             vocab_size=self.backbone.config.vocab_size, num_items=self.num_items,
-            max_history=self.config.max_history, check_values=self.validate_inputs)
+            max_history=self.config.max_history, check_values=check_values)
         if input_ids.shape[0] == 0:
             raise ValueError("input_ids must have at least one row (got an empty batch)")
         logits = self.gate_logits(history_ids, input_ids, mask)
@@ -251,7 +256,13 @@ class L2RecBase(nn.Module):
         that ``FusedL2Rec.recommend`` is tested against.
         """
         self._check_recommend_args(history_ids, k, exclude_history, exclude_ids)
-        scores = self.forward(input_ids, attention_mask, history_ids).scores
+        z, _ = self._preference(input_ids, attention_mask, history_ids)
+        return self._top_k(z, history_ids, k, exclude_history, exclude_ids)
+
+    def _top_k(self, z, history_ids, k: int, exclude_history: bool,
+               exclude_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``recommend`` from the preference z [B, pref_dim] on (arguments checked)."""
+        scores = self.score(z, None)
         if exclude_history:
             scores = scores.scatter(1, history_ids.long(), float("-inf"))
         if exclude_ids is not None:  # -1 entries are sent to column 0, already -inf

@@ -288,6 +288,11 @@ class FusedL2Rec(L2RecBase):
         """
         self._check_recommend_args(history_ids, k, exclude_history, exclude_ids)
         z, _ = self._preference(input_ids, attention_mask, history_ids)
+        return self._top_k(z, history_ids, k, exclude_history, exclude_ids)
+
+    def _top_k(self, z, history_ids, k: int, exclude_history: bool,
+               exclude_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``recommend`` from the preference z [B, pref_dim] on (arguments checked)."""
         table = self.item_table()
         query = (z / self.scorer.temperature).to(table.dtype)
         pad = torch.zeros(z.shape[0], 1, dtype=torch.long, device=z.device)  # the padding item

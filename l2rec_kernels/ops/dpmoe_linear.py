@@ -290,7 +290,7 @@ def _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens
             raise TypeError(f"{name} must have x's dtype {dt} (no implicit casts), got {t.dtype}")
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
         raise TypeError(f"scaling must be a python float or int, got {type(scaling).__name__}")
-    if not math.isfinite(scaling):
+    if not -math.inf < scaling < math.inf:  # (a comparison, not math.isfinite: see route)
         raise ValueError(f"scaling must be finite, got {scaling}")
 
 

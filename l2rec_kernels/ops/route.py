@@ -54,7 +54,10 @@ def _check_temperature(temperature) -> float:
         raise TypeError(f"temperature must be a real number, got {type(temperature).__name__} "
                         f"{temperature!r}")
     value = float(temperature)
-    if not math.isfinite(value) or value <= 0.0:
+    # One chained comparison (False for NaN, inf and <= 0), not math.isfinite: under
+    # torch.compile(dynamic=True) the temperature is a symbolic float, which comparisons
+    # take (as guards) and math.isfinite does not.
+    if not 0.0 < value < math.inf:
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     return value
 
