@@ -1,16 +1,16 @@
 """Tests of ``l2rec_serving``: the request validator, the serving core's batching, a
-checkpoint-backed service, the FastAPI embedding example, and the Ray Serve app started
-on loopback (valid and bad requests over HTTP, dynamic batching, a clean stop).
+checkpoint-backed service, and the Ray Serve app started on loopback (valid and bad
+requests over HTTP, the error shape, dynamic batching, overload, a clean stop).
 
-The FastAPI and Ray tests need the ``serve`` extra and skip with the reason otherwise.
+The HTTP API in-process (schema, limits, 503/504, the FastAPI example) is tested without
+Ray in test_serving_api.py. The Ray tests need the ``serve`` extra and skip without it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
 import json
-import pathlib
+import time
 
 import pytest
 import torch
@@ -27,7 +27,6 @@ from l2rec_serving.prompts import TitlePromptBuilder
 from l2rec_serving.validation import parse_request
 from tolerances import REL_TOL
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_ITEMS = 60  # the tiny model the service tests (and the Ray server) serve
 LIMITS = RequestLimits(num_items=50, max_history=4, vocab_size=30, max_prompt_tokens=16,
                        max_history_items=100)
@@ -315,40 +314,6 @@ def test_async_batcher_does_not_wait_when_alone_forever():
         AsyncBatcher(list, max_batch_size=0)
 
 
-# ----------------------------------------------------------------------------- FastAPI example
-def _load_example():
-    spec = importlib.util.spec_from_file_location("fastapi_embed", ROOT / "examples" / "fastapi_embed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_fastapi_example(service):
-    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
-    pytest.importorskip("httpx", reason="the serve extra (httpx, for TestClient) is not installed")
-    from fastapi.testclient import TestClient
-
-    app = _load_example().create_app(service=service)
-    with TestClient(app) as client:
-        assert client.get("/healthz").json()["num_items"] == NUM_ITEMS
-        r = client.post("/recommend", json=USERS[0])
-        assert r.status_code == 200
-        assert _close(r.json(), service.recommend(service.validate(USERS[0])))
-        for body, status, _, needle in [("{", 400, "", "not valid JSON"),
-                                        ('{"history": [0]}', 422, "", "out of range"),
-                                        ('{"history": [1], "k": 0}', 422, "", "k must be in")]:
-            r = client.post("/recommend", content=body)
-            assert r.status_code == status and needle in r.json()["error"]
-        # Concurrent callers share the one model, batched.
-        before = client.get("/stats").json()
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            codes = list(pool.map(lambda u: client.post("/recommend", json=u).status_code, USERS * 2))
-        assert codes == [200] * len(USERS) * 2
-        after = client.get("/stats").json()
-        assert after["requests"] - before["requests"] == len(USERS) * 2
-        assert after["batches"] - before["batches"] <= len(USERS) * 2
-
-
 # ----------------------------------------------------------------------------- Ray Serve app
 @pytest.fixture(scope="module")
 def ray_server():
@@ -414,9 +379,104 @@ def test_ray_server_batches_concurrent_requests(ray_server):
     assert after["max_batch_size"] <= 8
 
 
+def test_ray_server_errors_have_the_one_shape(ray_server):
+    """Routing errors come from our app too (route_prefix "/"), not from Ray's proxy."""
+    import httpx
+
+    r = httpx.get(ray_server.url + "/nowhere", timeout=30)
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "path", r.text
+    r = httpx.get(ray_server.url + "/recommend", timeout=30)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["errors"][0]["field"] == "method"
+
+
+def test_ray_server_publishes_its_schema_and_limits(ray_server):
+    import httpx
+
+    schema = httpx.get(ray_server.url + "/openapi.json", timeout=30).json()
+    request = schema["components"]["schemas"]["RecommendRequest"]
+    assert request["properties"]["history"]["items"]["maximum"] == NUM_ITEMS
+    assert set(schema["paths"]["/recommend"]["post"]["responses"]) >= {"200", "400", "413", "422", "503"}
+    limits = httpx.get(ray_server.url + "/healthz", timeout=30).json()["limits"]
+    assert (limits["max_queued"], limits["request_timeout_s"], limits["max_k"]) == (128, 30.0, NUM_ITEMS)
+
+
+def test_app_builder_keys_set_the_limits_and_ray_limits_sit_above_ours():
+    pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
+    from l2rec_serving.admission import ServerLimits
+    from l2rec_serving.ray_app import RAY_ONGOING_HEADROOM, app_builder
+
+    app = app_builder({"tiny_items": "30", "max_queued": "5", "retry_after_s": "2", "request_timeout_s": "3",
+                       "max_k": "7", "max_body_bytes": "4096"})
+    deployment = app._bound_deployment  # (Ray has no public accessor for a bound app's options)
+    cfg = deployment._deployment_config
+    spec, _, _, limits = deployment.init_args
+    assert limits == ServerLimits(max_queued=5, request_timeout_s=3.0, retry_after_s=2.0)
+    assert (spec.tiny_num_items, spec.max_k, spec.max_body_bytes) == (30, 7, 4096)
+    # Ray lets more requests into a replica than we admit, so the excess meets our 503.
+    assert cfg.max_ongoing_requests == 5 + RAY_ONGOING_HEADROOM
+    assert cfg.max_queued_requests == 5 + RAY_ONGOING_HEADROOM  # one replica
+    assert cfg.backpressure_config.retry_after_s == 2.0
+    with pytest.raises(ValueError, match="max_queued='many': expected an int"):
+        app_builder({"max_queued": "many"})
+    with pytest.raises(ValueError, match=r"unknown arguments \['max_queue'\]"):
+        app_builder({"max_queue": "3"})
+    with pytest.raises(ValueError, match="max_queued must be a positive int"):
+        app_builder({"max_queued": "0"})
+
+
+def test_start_without_an_address_never_joins_a_running_cluster(monkeypatch):
+    """``ray.init()`` alone would join a cluster that ``ray start`` runs on this machine;
+    start() asks for a new local instance (and joins one only when given an address)."""
+    ray = pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
+    from l2rec_serving import ray_app
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray_app.serve, "start", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray_app.serve, "run", lambda app, **kw: None)
+    ray_app.start(port=1234)
+    assert calls[0]["address"] == "local"
+    assert calls[1]["http_options"]["request_timeout_s"] > 30.0  # Ray's timeout is a backstop behind ours
+    calls.clear()
+    ray_app.start(port=1234, ray_address="auto")
+    assert calls[0] == {"address": "auto"}
+
+
 def test_ray_server_stops_cleanly(ray_server):
     import httpx
 
     assert ray_server.stop() == 0
     with pytest.raises(httpx.TransportError):
         httpx.get(ray_server.url + "/healthz", timeout=5)
+
+
+def test_ray_server_overload_is_a_fast_503_with_retry_after():
+    """A second server that admits one request at a time and holds it ~300 ms waiting for a
+    batch: of 12 concurrent requests the first is admitted and the rest, arriving while
+    it waits, are refused at once with our 503 (not queued in Ray's proxy)."""
+    pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
+    import httpx
+    from l2rec_serving.launch import ServerProcess
+
+    with ServerProcess(["--tiny-items", str(NUM_ITEMS), "--max-batch-size", "4", "--batch-wait-ms", "300",
+                        "--max-queued", "1", "--retry-after-s", "2"]) as server, \
+            httpx.Client(timeout=60) as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
+        assert client.post(server.url + "/recommend", json=USERS[0]).status_code == 200  # warm
+
+        def post(user):
+            t0 = time.perf_counter()
+            r = client.post(server.url + "/recommend", json=user)
+            return r, time.perf_counter() - t0
+
+        answers = list(pool.map(post, USERS * 3))
+        codes = [r.status_code for r, _ in answers]
+        assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+        for r, seconds in answers:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "2"
+                assert r.json()["errors"][0]["field"] == "server" and "max_queued = 1" in r.json()["error"]
+                assert seconds < 0.3 + 1.0  # refused, not made to wait for the admitted one's batch
+        # and it serves again once the burst is over
+        assert client.post(server.url + "/recommend", json=USERS[1]).status_code == 200

@@ -3,13 +3,18 @@
 * ``RecommenderService`` (``service``): the framework-agnostic core. It owns the model,
   validates requests and answers many users per forward. Embed it in any Python server.
 * ``AsyncBatcher`` (``batcher``): dynamic batching for any asyncio server, without Ray.
-* ``ray_app``: a Ray Serve deployment over the core with dynamic request batching and an
-  HTTP JSON API (``POST /recommend``, ``GET /healthz``, ``GET /stats``). Start it with
+* ``http_api``: the HTTP JSON API (``POST /recommend``, ``GET /healthz``, ``GET /stats``,
+  ``GET /openapi.json``) as a FastAPI app built from a service, with one error shape,
+  request limits, admission control (503 + Retry-After) and a request timeout (504);
+  ``schema`` holds its pydantic models and ``admission`` its ``ServerLimits``.
+* ``ray_app``: that API on Ray Serve replicas with dynamic request batching. Start it with
   ``python -m l2rec_serving --port 8000``.
 
-Importing this package does not import Ray or FastAPI; ``ray_app`` does.
+Importing this package does not import Ray, FastAPI or pydantic; ``http_api``, ``schema``
+and ``ray_app`` do.
 """
 
+from .admission import Overloaded, ServerLimits
 from .batcher import AsyncBatcher
 from .loading import ServiceSpec, build_service, build_tiny_model
 from .service import BatchStats, RecommenderService
@@ -19,10 +24,12 @@ __all__ = [
     "AsyncBatcher",
     "BatchStats",
     "FieldError",
+    "Overloaded",
     "RecommendRequest",
     "RecommenderService",
     "RequestError",
     "RequestLimits",
+    "ServerLimits",
     "ServiceSpec",
     "build_service",
     "build_tiny_model",

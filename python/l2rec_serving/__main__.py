@@ -14,6 +14,9 @@ import os
 import signal
 import threading
 
+from .admission import DEFAULT_MAX_QUEUED, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_AFTER_S, ServerLimits
+from .validation import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K, check_positive_int
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m l2rec_serving",
@@ -35,9 +38,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto", help="backbone dtype: auto, float32, bfloat16, float16")
     ap.add_argument("--tiny-items", type=int, default=200, help="catalogue size of the tiny model")
     ap.add_argument("--ray-address", help="join a running Ray cluster (e.g. auto) instead of "
-                                          "starting a local one")
+                                          "starting a new local one (without it the server never "
+                                          "joins a cluster that `ray start` runs on this machine)")
     ap.add_argument("--access-log", action="store_true", help="log every request")
+    lim = ap.add_argument_group("limits", "what one request may carry and how much a replica takes on "
+                                          "(GET /healthz shows them)")
+    lim.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                     help=f"larger request bodies get a 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    lim.add_argument("--max-history-items", type=int, default=DEFAULT_MAX_HISTORY_ITEMS,
+                     help=f"longest history accepted (default {DEFAULT_MAX_HISTORY_ITEMS})")
+    lim.add_argument("--max-k", type=int, default=DEFAULT_MAX_K,
+                     help=f"k is at most min(catalogue size, this) (default {DEFAULT_MAX_K})")
+    lim.add_argument("--max-prompt-tokens", type=int,
+                     help="longest prompt_ids accepted (default: what the backbone reads, at most 8192)")
+    lim.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
+                     help="requests a replica holds at once; more get a 503 with Retry-After "
+                          f"(default {DEFAULT_MAX_QUEUED})")
+    lim.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                     help="a request not answered in this time gets a 504 "
+                          f"(default {DEFAULT_REQUEST_TIMEOUT_S:g})")
+    lim.add_argument("--retry-after-s", type=float, default=DEFAULT_RETRY_AFTER_S,
+                     help=f"the Retry-After of a 503 (default {DEFAULT_RETRY_AFTER_S:g})")
     args = ap.parse_args(argv)
+    # The limits' own checks, as argument errors before anything starts.
+    try:
+        args.limits = ServerLimits(max_queued=args.max_queued, request_timeout_s=args.request_timeout_s,
+                                   retry_after_s=args.retry_after_s)
+        for name in ("max_body_bytes", "max_history_items", "max_k", "max_prompt_tokens"):
+            if getattr(args, name) is not None:
+                check_positive_int(name, getattr(args, name))
+    except ValueError as exc:  # the message names the setting (max_queued for --max-queued, ...)
+        ap.error(str(exc))
     if (args.checkpoint is None) != (args.backbone is None):
         ap.error("--checkpoint and --backbone go together")
     if args.titles and not args.checkpoint:
@@ -66,12 +97,14 @@ def main(argv=None) -> None:
     _stop_on_signals(done)  # a Ctrl-C during start-up stops the server once it is up
     spec = ServiceSpec(checkpoint=args.checkpoint, backbone=args.backbone, titles=args.titles,
                        prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
-                       tiny_num_items=args.tiny_items)
+                       tiny_num_items=args.tiny_items, max_body_bytes=args.max_body_bytes,
+                       max_history_items=args.max_history_items, max_k=args.max_k,
+                       max_prompt_tokens=args.max_prompt_tokens)
     try:  # stop() in finally: a failed start (e.g. a bad checkpoint) leaves no Ray behind
         ray_app.start(spec, host=args.host, port=args.port, replicas=args.replicas,
                       max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1e3,
                       num_gpus=args.num_gpus, num_cpus=args.num_cpus, ray_address=args.ray_address,
-                      access_log=args.access_log)
+                      access_log=args.access_log, limits=args.limits)
         _stop_on_signals(done)  # again: ray.init replaced the SIGTERM handler with its own
         # (launch.READY_LINE: printed only once our handlers are back, so a caller that waits
         # for it can stop the server with SIGTERM)

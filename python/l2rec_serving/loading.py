@@ -19,13 +19,19 @@ from dataclasses import dataclass
 
 import torch
 
+from .validation import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K, check_positive_int
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
     """Which model to serve and where. ``device``/``dtype`` "auto": CUDA and bfloat16 where a
-    GPU is visible (a GPU replica), else CPU and float32."""
+    GPU is visible (a GPU replica), else CPU and float32.
+
+    The request limits (``validation``): ``max_body_bytes`` (413 above it),
+    ``max_history_items`` (history length), ``max_k`` (k is at most min(num_items, max_k))
+    and ``max_prompt_tokens`` (None: the backbone's own limit, at most 8192)."""
 
     checkpoint: str | None = None
     backbone: str | None = None
@@ -37,8 +43,16 @@ class ServiceSpec:
     tiny_num_items: int = 200
     seed: int = 0
     check_backbone_weights: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS
+    max_k: int = DEFAULT_MAX_K
+    max_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_history_items", "max_k", "tiny_num_items"):
+            check_positive_int(name, getattr(self, name))
+        if self.max_prompt_tokens is not None:
+            check_positive_int("max_prompt_tokens", self.max_prompt_tokens)
         if not isinstance(self.check_backbone_weights, bool):
             raise TypeError("check_backbone_weights must be a bool, got "
                             f"{type(self.check_backbone_weights).__name__}")
@@ -115,9 +129,15 @@ def build_service(spec: ServiceSpec):
 
     device = spec.resolved_device()
     dtype = spec.resolved_dtype(device)
+
+    def prompt_limit(model) -> int:
+        # Built prompts keep (the end of) what a client's prompt_ids may carry: the same limit.
+        limit = max_prompt_tokens(model)
+        return limit if spec.max_prompt_tokens is None else min(spec.max_prompt_tokens, limit)
+
     if spec.checkpoint is None:
         model, cat = build_tiny_model(spec.tiny_num_items, spec.seed, device, dtype, spec.backend)
-        builder = SyntheticPromptBuilder(cat, max_prompt_tokens(model))
+        builder = SyntheticPromptBuilder(cat, prompt_limit(model))
         name = f"tiny-random (llama, {spec.tiny_num_items} synthetic items)"
     else:
         model, tokenizer = load_checkpoint_model(spec.checkpoint, spec.backbone, device, dtype, spec.backend,
@@ -128,6 +148,8 @@ def build_service(spec: ServiceSpec):
                 raise ValueError(f"titles were given but {spec.backbone} has no tokenizer files "
                                  "to build prompts with")
             builder = TitlePromptBuilder(load_titles(spec.titles, model.config.num_items), tokenizer,
-                                         max_prompt_tokens(model), spec.prompt_template or DEFAULT_TEMPLATE)
+                                         prompt_limit(model), spec.prompt_template or DEFAULT_TEMPLATE)
         name = f"{spec.checkpoint} on {spec.backbone}"
-    return RecommenderService(model, builder, name=name)
+    return RecommenderService(model, builder, name=name, max_history_items=spec.max_history_items,
+                              max_body_bytes=spec.max_body_bytes, max_k=spec.max_k,
+                              max_prompt_tokens=spec.max_prompt_tokens)

@@ -22,7 +22,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .validation import RecommendRequest, RequestLimits, parse_request, validate_request
+from .validation import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HISTORY_ITEMS,
+    DEFAULT_MAX_K,
+    RecommendRequest,
+    RequestLimits,
+    check_positive_int,
+    parse_request,
+    validate_request,
+)
 
 PromptBuilder = Callable[[Sequence[int]], list[int]]
 
@@ -30,6 +39,9 @@ PromptBuilder = Callable[[Sequence[int]], list[int]]
 def max_prompt_tokens(model) -> int:
     """The longest prompt the backbone takes (its position table), capped at 8192 tokens."""
     return min(int(getattr(model.backbone.config, "max_position_embeddings", 2048) or 2048), 8192)
+
+
+_backbone_prompt_limit = max_prompt_tokens  # (the name, for use where a parameter shadows it)
 
 
 class BatchStats:
@@ -64,20 +76,31 @@ class RecommenderService:
     """One model behind a validator and a batcher-friendly ``recommend_batch``.
 
     ``prompt_builder`` maps a (most recent ``max_history``) history to prompt token ids;
-    None means requests must carry ``prompt_ids``.
+    None means requests must carry ``prompt_ids``. The keyword limits bound what one request
+    may carry (``validation``); ``max_prompt_tokens`` None means the backbone's own limit
+    (``max_prompt_tokens(model)``), and a larger value is refused, since the backbone could
+    not read such a prompt.
     """
 
     def __init__(self, model, prompt_builder: PromptBuilder | None = None, *, name: str = "l2rec",
-                 max_history_items: int = 10_000) -> None:
-        self.model = model.eval()
-        self.prompt_builder = prompt_builder
-        self.name = name
+                 max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_k: int = DEFAULT_MAX_K,
+                 max_prompt_tokens: int | None = None) -> None:
+        backbone_limit = _backbone_prompt_limit(model)
+        if max_prompt_tokens is None:
+            max_prompt_tokens = backbone_limit
+        elif check_positive_int("max_prompt_tokens", max_prompt_tokens) > backbone_limit:
+            raise ValueError(f"max_prompt_tokens must be at most {backbone_limit} (what the backbone "
+                             f"reads), got {max_prompt_tokens}")
         cfg = model.config
         self.limits = RequestLimits(
             num_items=cfg.num_items, max_history=cfg.max_history,
-            vocab_size=int(model.backbone.config.vocab_size),
-            max_prompt_tokens=max_prompt_tokens(model),
-            requires_prompt_ids=prompt_builder is None, max_history_items=max_history_items)
+            vocab_size=int(model.backbone.config.vocab_size), max_prompt_tokens=max_prompt_tokens,
+            requires_prompt_ids=prompt_builder is None, max_history_items=max_history_items,
+            max_body_bytes=max_body_bytes, max_k=max_k)
+        self.model = model.eval()
+        self.prompt_builder = prompt_builder
+        self.name = name
         self.device = next(model.parameters()).device
         self.stats = BatchStats()
 
@@ -163,9 +186,10 @@ class RecommenderService:
 
     # ----------------------------------------------------------------- introspection
     def info(self) -> dict:
-        """What ``GET /healthz`` reports: the model, its limits and the batch statistics."""
+        """What ``GET /healthz`` reports: the model, the request limits and the batch statistics."""
         backend = getattr(self.model, "backend", None)
         return {"status": "ok", "model": self.name, "device": str(self.device), "backend": backend,
                 "num_items": self.limits.num_items, "max_history": self.limits.max_history,
                 "vocab_size": self.limits.vocab_size,
-                "builds_prompts": self.prompt_builder is not None, "stats": self.stats.snapshot()}
+                "builds_prompts": self.prompt_builder is not None, "limits": self.limits.to_json(),
+                "stats": self.stats.snapshot()}

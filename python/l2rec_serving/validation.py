@@ -11,8 +11,8 @@ Rules (the README's serving section documents them for clients):
 * ``history``: required, a non-empty list of int item ids in [1, num_items], at most
   ``max_history_items`` long. The model reads the most recent ``max_history`` of them
   (older ones are dropped, not rejected); ``exclude_history`` excludes all of them;
-* ``k``: an int in [1, num_items] (default ``min(10, num_items)``); with
-  ``exclude_history`` it may not exceed the items left after excluding the history;
+* ``k``: an int in [1, min(num_items, max_k)] (default ``min(10, num_items, max_k)``);
+  with ``exclude_history`` it may not exceed the items left after excluding the history;
 * ``exclude_history``: a JSON boolean (default true);
 * ``prompt_ids``: optional non-empty list of int token ids in [0, vocab_size), at most
   ``max_prompt_tokens`` long; required when the deployment has no prompt builder.
@@ -25,6 +25,19 @@ from dataclasses import dataclass
 
 ALLOWED_FIELDS = ("history", "k", "exclude_history", "prompt_ids")
 DEFAULT_K = 10
+# Request limits a deployment may change (ServiceSpec, CLI flags, app_builder keys). Defaults
+# are generous for real users and still bound the work one request can cause: the history's
+# exclusion set and the prompt are O(length) per request, and k is the width of the top-k.
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_HISTORY_ITEMS = 10_000
+DEFAULT_MAX_K = 1000
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` if it is an int >= 1, else a ValueError that names the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -36,11 +49,14 @@ class FieldError:
 
 
 class RequestError(ValueError):
-    """A request the server refuses: ``status`` (4xx) and one ``FieldError`` per problem."""
+    """A request the server refuses or could not answer: ``status`` (4xx, or 5xx for the
+    server's own conditions: overload, timeout), one ``FieldError`` per problem and any
+    response ``headers`` (e.g. ``Retry-After``). Every error response has this shape."""
 
-    def __init__(self, status: int, errors: list[FieldError]) -> None:
+    def __init__(self, status: int, errors: list[FieldError], headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.errors = list(errors)
+        self.headers = dict(headers or {})
         super().__init__("; ".join(e.message for e in self.errors))
 
     def to_json(self) -> dict:
@@ -51,15 +67,36 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What a valid request may contain, taken from the served model."""
+    """What a valid request may contain: the served model's ranges (``num_items``,
+    ``vocab_size``, ``max_prompt_tokens``) and the deployment's own caps."""
 
     num_items: int
     max_history: int
     vocab_size: int
     max_prompt_tokens: int
     requires_prompt_ids: bool = False
-    max_history_items: int = 10_000
-    max_body_bytes: int = 1 << 20
+    max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_k: int = DEFAULT_MAX_K
+
+    def __post_init__(self) -> None:
+        for name in ("num_items", "max_history", "vocab_size", "max_prompt_tokens", "max_history_items",
+                     "max_body_bytes", "max_k"):
+            check_positive_int(name, getattr(self, name))
+
+    @property
+    def k_max(self) -> int:
+        """The largest k a request may ask for: the catalogue or ``max_k``, whichever is smaller."""
+        return min(self.num_items, self.max_k)
+
+    @property
+    def default_k(self) -> int:
+        return min(DEFAULT_K, self.k_max)
+
+    def to_json(self) -> dict:
+        """What ``GET /healthz`` reports, so a client can read the limits it must respect."""
+        return {"max_body_bytes": self.max_body_bytes, "max_history_items": self.max_history_items,
+                "max_k": self.k_max, "max_prompt_tokens": self.max_prompt_tokens}
 
 
 @dataclass(frozen=True)
@@ -107,11 +144,16 @@ def _check_id_list(name: str, value, low: int, high: int, max_len: int, what: st
     return tuple(value)
 
 
+def body_too_large(size: str | int, max_body_bytes: int) -> RequestError:
+    """The 413 for a body of ``size`` bytes (a number, or a phrase such as "more than 10")."""
+    return RequestError(413, [FieldError("body", f"the request body has {size} bytes; at most "
+                                                 f"{max_body_bytes} are accepted")])
+
+
 def decode_body(body: bytes | str, limits: RequestLimits):
     """Raw body -> parsed JSON value, or a 400/413 ``RequestError``."""
     if len(body) > limits.max_body_bytes:
-        raise RequestError(413, [FieldError("body", f"the request body has {len(body)} bytes; at most "
-                                                    f"{limits.max_body_bytes} are accepted")])
+        raise body_too_large(len(body), limits.max_body_bytes)
     if not body or not body.strip():
         raise RequestError(400, [FieldError("body", 'the request body is empty; send a JSON object '
                                                     'such as {"history": [1, 2, 3], "k": 10}')])
@@ -145,12 +187,13 @@ def validate_request(payload, limits: RequestLimits) -> RecommendRequest:
                                                     f"{exclude!r} ({_type_name(exclude)})"))
         exclude = None
 
-    k = payload.get("k", min(DEFAULT_K, limits.num_items))
+    k = payload.get("k", limits.default_k)
     if not _is_int(k):
         errors.append(FieldError("k", f"k must be an int, got {k!r} ({_type_name(k)})"))
-    elif not 1 <= k <= limits.num_items:
-        errors.append(FieldError("k", f"k must be in [1, {limits.num_items}] (the catalogue has "
-                                      f"{limits.num_items} items), got {k}"))
+    elif not 1 <= k <= limits.k_max:
+        why = (f"the catalogue has {limits.num_items} items" if limits.k_max == limits.num_items
+               else f"this server's max_k is {limits.max_k}")
+        errors.append(FieldError("k", f"k must be in [1, {limits.k_max}] ({why}), got {k}"))
     elif exclude and history is not None:
         left = limits.num_items - len(set(history))
         if k > left:
