@@ -147,6 +147,32 @@ def test_batch_answers_equal_single_answers(service):
     assert all(_close(a, b) for a, b in zip(reversed(alone), service.recommend_batch(requests[::-1])))
 
 
+def test_compiled_service_answers_as_the_eager_one(service, monkeypatch):
+    """compile_mode: the service's forwards run through compile_for_serving (here with
+    Dynamo's eager backend, which traces the same graphs fast) with the eager answers."""
+    import functools
+
+    from l2rec_kernels.models import compiled
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compiled, "compile_for_serving",
+                        functools.partial(compiled.compile_for_serving, backend="eager"))
+    fast = build_service(ServiceSpec(tiny_num_items=NUM_ITEMS, seed=0, device="cpu",
+                                     compile_mode="reduce-overhead", max_prompt_tokens=64))
+    try:
+        assert isinstance(fast.recommender, compiled.CompiledRecommender)
+        assert fast.recommender.buckets.length == (32, 64)
+        assert fast.info()["compile_mode"] == "reduce-overhead"
+        requests = [service.validate(u) for u in USERS]
+        for got, want in zip(fast.recommend_batch(requests), service.recommend_batch(requests)):
+            assert _close(got, want)
+        assert _close(fast.recommend(requests[0]), service.recommend(requests[0]))
+    finally:
+        torch._dynamo.reset()
+    with pytest.raises(ValueError, match="compile_mode must be None or one of"):
+        ServiceSpec(compile_mode="fastest")
+
+
 def test_answers_are_k_sorted_items_without_the_history(service):
     for user, out in zip(USERS, service.recommend_batch([service.validate(u) for u in USERS])):
         assert len(out["items"]) == len(out["scores"]) == user["k"]

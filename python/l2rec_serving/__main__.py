@@ -37,6 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda, ...")
     ap.add_argument("--dtype", default="auto", help="backbone dtype: auto, float32, bfloat16, float16")
     ap.add_argument("--tiny-items", type=int, default=200, help="catalogue size of the tiny model")
+    ap.add_argument("--compile", dest="compile_mode", default=None,
+                    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                    help="run the forward as torch.compile graphs over batch/length buckets "
+                         "(reduce-overhead: CUDA graphs on a GPU); each replica compiles every "
+                         "bucket before it serves (minutes). Default: eager")
     ap.add_argument("--ray-address", help="join a running Ray cluster (e.g. auto) instead of "
                                           "starting a new local one (without it the server never "
                                           "joins a cluster that `ray start` runs on this machine)")
@@ -99,7 +104,7 @@ def main(argv=None) -> None:
                        prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
                        tiny_num_items=args.tiny_items, max_body_bytes=args.max_body_bytes,
                        max_history_items=args.max_history_items, max_k=args.max_k,
-                       max_prompt_tokens=args.max_prompt_tokens)
+                       max_prompt_tokens=args.max_prompt_tokens, compile_mode=args.compile_mode)
     try:  # stop() in finally: a failed start (e.g. a bad checkpoint) leaves no Ray behind
         ray_app.start(spec, host=args.host, port=args.port, replicas=args.replicas,
                       max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1e3,

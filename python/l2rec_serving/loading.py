@@ -47,6 +47,9 @@ class ServiceSpec:
     max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS
     max_k: int = DEFAULT_MAX_K
     max_prompt_tokens: int | None = None
+    # None: eager. Else a torch.compile mode ("default", "reduce-overhead": CUDA graphs on a
+    # GPU) for l2rec_kernels.compile_for_serving; the service compiles every bucket at start.
+    compile_mode: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_history_items", "max_k", "tiny_num_items"):
@@ -61,6 +64,12 @@ class ServiceSpec:
                              "or neither (the built-in tiny model)")
         if self.titles is not None and self.checkpoint is None:
             raise ValueError("titles are for a checkpoint; the tiny model has its own catalogue")
+        if self.compile_mode is not None:
+            from l2rec_kernels.models.compiled import SERVING_MODES
+
+            if self.compile_mode not in SERVING_MODES:
+                raise ValueError(f"compile_mode must be None or one of {list(SERVING_MODES)}, "
+                                 f"got {self.compile_mode!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -150,6 +159,8 @@ def build_service(spec: ServiceSpec):
             builder = TitlePromptBuilder(load_titles(spec.titles, model.config.num_items), tokenizer,
                                          prompt_limit(model), spec.prompt_template or DEFAULT_TEMPLATE)
         name = f"{spec.checkpoint} on {spec.backbone}"
-    return RecommenderService(model, builder, name=name, max_history_items=spec.max_history_items,
-                              max_body_bytes=spec.max_body_bytes, max_k=spec.max_k,
-                              max_prompt_tokens=spec.max_prompt_tokens)
+    service = RecommenderService(model, builder, name=name, max_history_items=spec.max_history_items,
+                                 max_body_bytes=spec.max_body_bytes, max_k=spec.max_k,
+                                 max_prompt_tokens=spec.max_prompt_tokens, compile_mode=spec.compile_mode)
+    service.warmup()  # with compile_mode: every bucket compiled before the first request
+    return service

@@ -136,6 +136,7 @@ def build_app(spec: ServiceSpec | None = None, *, replicas: int = 1,
 APP_BUILDER_KEYS = {
     # key: the type its value (a string from the command line) converts to
     "checkpoint": str, "backbone": str, "titles": str, "prompt_template": str, "device": str, "dtype": str,
+    "compile_mode": str,
     "tiny_items": int, "replicas": int, "max_batch_size": int, "batch_wait_ms": float, "num_gpus": float,
     "num_cpus": float, "max_body_bytes": int, "max_history_items": int, "max_k": int,
     "max_prompt_tokens": int, "max_queued": int, "request_timeout_s": float, "retry_after_s": float,
@@ -158,14 +159,14 @@ def _typed_args(args: dict) -> dict:
 
 def app_builder(args: dict[str, str]):
     """For ``serve run l2rec_serving.ray_app:app_builder key=value ...``. Keys: checkpoint,
-    backbone, titles, prompt_template, device, dtype, tiny_items, replicas, max_batch_size,
+    backbone, titles, prompt_template, device, dtype, compile_mode, tiny_items, replicas, max_batch_size,
     batch_wait_ms, num_gpus, num_cpus; the limits max_body_bytes, max_history_items, max_k,
     max_prompt_tokens, max_queued, request_timeout_s, retry_after_s (defaults: README).
     (Ray's proxy timeout is the Serve config's http_options.request_timeout_s here.)"""
     a = _typed_args(args)
     spec = ServiceSpec(**{k: a[k] for k in ("checkpoint", "backbone", "titles", "prompt_template", "device",
                                             "dtype", "max_body_bytes", "max_history_items", "max_k",
-                                            "max_prompt_tokens") if k in a},
+                                            "max_prompt_tokens", "compile_mode") if k in a},
                        **({"tiny_num_items": a["tiny_items"]} if "tiny_items" in a else {}))
     limits = ServerLimits(max_queued=a.get("max_queued", DEFAULT_MAX_QUEUED),
                           request_timeout_s=a.get("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S),

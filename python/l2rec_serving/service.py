@@ -85,7 +85,7 @@ class RecommenderService:
     def __init__(self, model, prompt_builder: PromptBuilder | None = None, *, name: str = "l2rec",
                  max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_k: int = DEFAULT_MAX_K,
-                 max_prompt_tokens: int | None = None) -> None:
+                 max_prompt_tokens: int | None = None, compile_mode: str | None = None) -> None:
         backbone_limit = _backbone_prompt_limit(model)
         if max_prompt_tokens is None:
             max_prompt_tokens = backbone_limit
@@ -103,6 +103,16 @@ class RecommenderService:
         self.name = name
         self.device = next(model.parameters()).device
         self.stats = BatchStats()
+        # compile_mode: the forward runs as compiled graphs over (batch, length) buckets
+        # (l2rec_kernels.compile_for_serving; "reduce-overhead" replays CUDA graphs on a GPU),
+        # the prompt-length buckets going up to the longest prompt this service takes.
+        self.recommender = model
+        if compile_mode is not None:
+            from l2rec_kernels.models.compiled import compile_for_serving, default_length_buckets
+
+            self.recommender = compile_for_serving(
+                model, mode=compile_mode, length_buckets=default_length_buckets(max_prompt_tokens))
+        self.compile_mode = compile_mode
 
     # ----------------------------------------------------------------- validation
     def parse(self, body: bytes | str) -> RecommendRequest:
@@ -156,7 +166,7 @@ class RecommenderService:
         start = time.perf_counter()
         inputs = self._inputs(requests)
         with torch.inference_mode():
-            values, ids = self.model.recommend(
+            values, ids = self.recommender.recommend(
                 **inputs, k=max(r.k for r in requests), exclude_history=False,
                 exclude_ids=self._exclusions(requests))
             values, ids = values.float().cpu().tolist(), ids.cpu().tolist()
@@ -184,6 +194,11 @@ class RecommenderService:
         """A single request (a batch of one)."""
         return self.recommend_batch([request])[0]
 
+    def warmup(self) -> int:
+        """With ``compile_mode``: compile (and on a GPU capture) every bucket now, so no
+        request waits for a compile; returns the number of shapes run (0 without)."""
+        return 0 if self.compile_mode is None else self.recommender.warmup()
+
     # ----------------------------------------------------------------- introspection
     def info(self) -> dict:
         """What ``GET /healthz`` reports: the model, the request limits and the batch statistics."""
@@ -191,5 +206,6 @@ class RecommenderService:
         return {"status": "ok", "model": self.name, "device": str(self.device), "backend": backend,
                 "num_items": self.limits.num_items, "max_history": self.limits.max_history,
                 "vocab_size": self.limits.vocab_size,
-                "builds_prompts": self.prompt_builder is not None, "limits": self.limits.to_json(),
+                "builds_prompts": self.prompt_builder is not None, "compile_mode": self.compile_mode,
+                "limits": self.limits.to_json(),
                 "stats": self.stats.snapshot()}
