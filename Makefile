@@ -1,13 +1,13 @@
 # The README's two set-up commands:
 #   make bench   the main job: set up, then benchmark the built-in tiny model
 #   make test    set up, then run the test suite
-# Also: make serve (the HTTP recommender on 127.0.0.1:8000), make load-test, make lint,
-# make cuda-check (compile csrc/ with nvcc, no GPU needed).
+# Also: make serve (the HTTP recommender on 127.0.0.1:8000), make load-test, make fault-test,
+# make test-serve, make lint, make cuda-check (compile csrc/ with nvcc, no GPU needed).
 # Each does all of its own set-up on a fresh machine, and only what it needs: a local
 # virtual environment in .venv, torch (pinned to the CPU-capable 2.13.0 wheel only when no
 # torch is present, so a machine without a GPU never downloads CUDA wheels), the package,
-# and the extra its job needs: bench for `make bench`, test for `make test`, serve for
-# `make serve`/`make load-test`/`make test-serve` (one stamp file per extra in .venv).
+# and the extras its job needs: bench for `make bench`, test and serve for `make test`,
+# serve for `make serve`/`make load-test`/`make fault-test` (one stamp file per extra in .venv).
 # CPU threads: L2REC_THREADS (tests default to 1, the benchmark to the cores it may use).
 
 PYTHON  ?= python3
@@ -20,7 +20,7 @@ TORCH_PIN ?= torch==2.13.0
 VENV_FLAGS := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 CORE    := $(VENV)/.l2rec-core
 
-.PHONY: setup test test-serve bench serve load-test cuda-check gpu-compile-check lint clean
+.PHONY: setup test test-serve bench serve load-test fault-test cuda-check gpu-compile-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -45,13 +45,15 @@ $(VENV)/.l2rec-%: $(PY) pyproject.toml setup.py
 
 setup: $(VENV)/.l2rec-test $(VENV)/.l2rec-bench $(VENV)/.l2rec-plot $(VENV)/.l2rec-serve
 
-test: $(VENV)/.l2rec-test
+# The whole suite, the serving tests on Ray included (the serve extra): the Ray Serve app,
+# the real-checkpoint recipe over HTTP and the small fault scenarios (tests/test_faults.py).
+test: $(VENV)/.l2rec-test $(VENV)/.l2rec-serve
 	$(PY) -m pytest -q tests
 
-# The serving tests that need Ray (skipped by `make test`, which does not install it): the
-# Ray Serve app and the real-checkpoint recipe served over HTTP.
+# Only the serving tests (Ray app, HTTP API, fuzzing, faults, the real-checkpoint recipe).
 test-serve: $(VENV)/.l2rec-test $(VENV)/.l2rec-serve
-	$(PY) -m pytest -q tests/test_serving.py tests/test_real_checkpoint.py
+	$(PY) -m pytest -q tests/test_serving.py tests/test_serving_api.py tests/test_serving_fuzz.py \
+		tests/test_faults.py tests/test_real_checkpoint.py
 
 bench: $(VENV)/.l2rec-bench
 	$(PY) bench/latency.py --quick
@@ -62,6 +64,12 @@ serve: $(VENV)/.l2rec-serve
 
 load-test: $(VENV)/.l2rec-serve
 	$(PY) bench/load_test.py --requests 2000 --concurrency 32
+
+# Fault scenarios on loopback (bench/fault_test.py): overload (200s or fast 503s with
+# Retry-After), a SIGKILLed replica, a two-node Ray cluster losing its worker node. A few
+# minutes in all; results in bench/results/fault_test.{json,csv,md}; fails on a failed check.
+fault-test: $(VENV)/.l2rec-serve
+	$(PY) bench/fault_test.py --all
 
 # Compile every csrc/ source for sm_90a (nvcc; the host compiler for .cpp) against the
 # installed torch's headers, warnings as errors; link the extension in a temporary

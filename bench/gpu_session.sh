@@ -30,6 +30,8 @@
 #                  latency_gpu_full_*.csv, *_model_latency.png, *_speedup.png   at most 6
 #   bench-custom   bench/latency.py $L2REC_BENCH_ARGS and its plots, for chosen sizes, e.g.
 #                  L2REC_BENCH_ARGS="--set topk_items.k=10,100,1000 --set topk_items.batch=1,4096"
+#                  or the CUDA-graph replay of the fused model and the plain backbone (issue 14):
+#                  L2REC_BENCH_ARGS="--sections model --compile --set model.users=1,4,16"
 #                  (`python bench/latency.py --help` lists every SECTION.AXIS; a --set runs only
 #                  the sections it names): bench-custom.log, latency_gpu_full_*.csv, plots
 #                                          at most 8 unless it runs all four sections

@@ -430,7 +430,7 @@ def test_ray_server_publishes_its_schema_and_limits(ray_server):
 def test_app_builder_keys_set_the_limits_and_ray_limits_sit_above_ours():
     pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
     from l2rec_serving.admission import ServerLimits
-    from l2rec_serving.ray_app import RAY_ONGOING_HEADROOM, app_builder
+    from l2rec_serving.ray_app import app_builder, ray_max_ongoing
 
     app = app_builder({"tiny_items": "30", "max_queued": "5", "retry_after_s": "2", "request_timeout_s": "3",
                        "max_k": "7", "max_body_bytes": "4096"})
@@ -440,8 +440,8 @@ def test_app_builder_keys_set_the_limits_and_ray_limits_sit_above_ours():
     assert limits == ServerLimits(max_queued=5, request_timeout_s=3.0, retry_after_s=2.0)
     assert (spec.tiny_num_items, spec.max_k, spec.max_body_bytes) == (30, 7, 4096)
     # Ray lets more requests into a replica than we admit, so the excess meets our 503.
-    assert cfg.max_ongoing_requests == 5 + RAY_ONGOING_HEADROOM
-    assert cfg.max_queued_requests == 5 + RAY_ONGOING_HEADROOM  # one replica
+    assert cfg.max_ongoing_requests == ray_max_ongoing(5) == 5 + 64
+    assert cfg.max_queued_requests == ray_max_ongoing(5)  # one replica
     assert cfg.backpressure_config.retry_after_s == 2.0
     with pytest.raises(ValueError, match="max_queued='many': expected an int"):
         app_builder({"max_queued": "many"})

@@ -71,8 +71,15 @@ DEFAULT_MAX_BATCH_SIZE = 32
 # lowers light-load latency (bench/load_test.py --batch-wait-ms measures the trade).
 DEFAULT_BATCH_WAIT_S = 0.020
 # Requests Ray lets into a replica beyond max_queued: the ones our admission refuses (each
-# is "ongoing" for Ray until its 503 is sent) and /healthz or /stats.
-RAY_ONGOING_HEADROOM = 16
+# is "ongoing" for Ray until its 503 is sent) and /healthz or /stats. Generous, so a burst
+# reaches the replica and gets our 503 rather than Ray's plain-text one from its proxy
+# queue (a refusal costs the replica almost nothing).
+RAY_MIN_HEADROOM = 64
+
+
+def ray_max_ongoing(max_queued: int) -> int:
+    """Ray's ``max_ongoing_requests`` per replica for our ``max_queued``."""
+    return max_queued + max(RAY_MIN_HEADROOM, max_queued)
 # Ray's proxy gives up on a request this long after ours would have (a backstop: ours is a
 # 504 in the API's error shape, Ray's a plain-text 408).
 RAY_TIMEOUT_MARGIN_S = 5.0
@@ -122,13 +129,13 @@ def build_app(spec: ServiceSpec | None = None, *, replicas: int = 1,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
         # Above our admission limit, so an excess request reaches the replica and gets our
         # 503 at once (Ray's default of 5 would also cap every batch at 5).
-        max_ongoing_requests=limits.max_queued + RAY_ONGOING_HEADROOM,
+        max_ongoing_requests=ray_max_ongoing(limits.max_queued),
         # The proxy's own queue: a request counts in it while the proxy picks a replica, and
         # waits in it while every replica is at max_ongoing_requests or none is alive (e.g.
         # one restarting). As many as the replicas together take in, so a burst they can
         # take never meets it (max_queued here would refuse bursts the replicas have room
         # for); past it the proxy's 503 carries the same Retry-After.
-        max_queued_requests=replicas * (limits.max_queued + RAY_ONGOING_HEADROOM),
+        max_queued_requests=replicas * ray_max_ongoing(limits.max_queued),
         backpressure_config=BackpressureConfig(retry_after_s=limits.retry_after_s),
     ).bind(spec or ServiceSpec(), max_batch_size, batch_wait_timeout_s, limits)
 
