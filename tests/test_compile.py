@@ -207,3 +207,27 @@ def test_the_plain_backbone_compiles_with_adapters_installed():
     assert rel_err(compiled(**kw).last_hidden_state, want) < TOL
     model.remove_adapters()
     assert rel_err(base(**kw).last_hidden_state, want) < TOL  # it was the plain model
+
+
+@torch.no_grad()
+def test_compiled_torch_path_runs_each_view_with_its_own_experts(monkeypatch):
+    """Compiled, the torch path cannot read the metadata on the host to find the two view
+    runs (eager on the CPU does); FusedL2Rec gives them from shapes, so every adapted linear
+    still skips the other view's (zero-weighted) experts."""
+    from l2rec_kernels.models import fused as fused_module
+
+    model = pick("fused")
+    seen = []
+    real = fused_module.dpmoe_linear_torch
+
+    def spy(*args, view_runs=None, **kw):
+        seen.append(view_runs)
+        return real(*args, view_runs=view_runs, **kw)
+
+    monkeypatch.setattr(fused_module, "dpmoe_linear_torch", spy)
+    b = batch(3, 9, 5)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    got = compiled(**b).scores
+    assert len(seen) == len(model.adapted_linears) and all(seen)
+    assert {tuple(r[0][:2]) for r in seen} == {(0, 3 * 9), (0, 3)}  # padded rows; last rows
+    assert rel_err(got, model(**b).scores) < TOL

@@ -166,6 +166,19 @@ def test_torch_paths(name, dtype, split_views, device):
         assert rel_err(y, reference(**case)) < REL_TOL[dtype]
 
 
+@pytest.mark.parametrize("shared, per_row", [(0, False), *SHARED_AND_ROWS])
+def test_torch_path_with_given_view_runs(shared, per_row, device, monkeypatch):
+    """view_runs given by the caller (FusedL2Rec under torch.compile) = the runs read from
+    the metadata: same answer, and the metadata is not read."""
+    case = make_case([5, 0, 7, 6, 4], 18, 21, 2, 3, 2, views=[0, 0, 0, 1, 1], shared=shared,
+                     per_row=per_row, device=device)
+    runs = [(0, 12, 0, 3, 0), (12, 22, 3, 5, 1)]
+    assert dpmoe_module._view_runs(case["seq_view"].cpu(), case["cu_seqlens"].cpu(), 1) == runs
+    monkeypatch.setattr(dpmoe_module, "_view_runs", lambda *a: pytest.fail("read the metadata"))
+    y = dpmoe_linear_torch(**case, view_runs=runs)
+    assert rel_err(y, reference(**case)) < REL_TOL[torch.float32]
+
+
 def test_torch_auto_path_choice(monkeypatch):
     """CPU eager: long same-view runs take the per-view path, short alternating ones do not."""
     seen = []

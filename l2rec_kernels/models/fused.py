@@ -55,19 +55,36 @@ def _op_backends(backend: str) -> dict[str, str]:
 class FusedContext(adapters.RoutingContext):
     """Routing for the stacked 2·B batch: each sequence's view and gate, for every layer."""
 
-    def __init__(self, experts, gates, seq_view, cu_seqlens, scaling, backend) -> None:
+    def __init__(self, experts, gates, seq_view, cu_seqlens, scaling, backend,
+                 rows_per_seq: int | None = None) -> None:
         super().__init__(experts)
         self.gates, self.seq_view, self.cu_seqlens = gates, seq_view, cu_seqlens
         self.scaling, self.backend = scaling, backend
+        # Rows per sequence when every sequence has the same number (padded input, or one
+        # row each): the view-major layout is then known from shapes alone.
+        self.rows_per_seq = rows_per_seq
         self.layer_plans: dict = {}
         # module -> rows of one copy, for linears whose input is that block of rows repeated
         # (on the torch backend only: the triton kernel fuses the base GEMM with the experts)
         self.repeated_input: dict = {}
 
-    def for_rows(self, cu_seqlens) -> FusedContext:
+    def for_rows(self, cu_seqlens, rows_per_seq: int | None = None) -> FusedContext:
         """The same routing over other rows of the same sequences (``cu_seqlens``)."""
         return FusedContext(self.experts, self.gates, self.seq_view, cu_seqlens,
-                            self.scaling, self.backend)
+                            self.scaling, self.backend, rows_per_seq)
+
+    def _static_view_runs(self, device) -> list | None:
+        """The two view runs (rows of view 0, then of view 1) for the torch path while
+        torch.compile traces a padded forward: from shapes, so the path can skip the zero
+        half of the concatenated expert GEMMs without reading metadata on the host (which
+        it does in eager mode on the CPU)."""
+        if self.rows_per_seq is None or not torch.compiler.is_compiling():
+            return None
+        which = resolve_backend_traceable(self.backend, device.type, "dpmoe_linear", ("triton", "torch"))
+        if which != "torch":
+            return None
+        users, r = self.gates.shape[0] // NUM_VIEWS, self.rows_per_seq
+        return [(0, users * r, 0, users, 0), (users * r, 2 * users * r, users, 2 * users, 1)]
 
     def layer_plan(self, layer):
         return self.layer_plans.get(layer)
@@ -82,9 +99,13 @@ class FusedContext(adapters.RoutingContext):
         if experts.shared_a is not None:
             shared = {"shared_a": experts.shared_a.to(x.dtype), "shared_b": experts.shared_b.to(x.dtype)}
         block = self.repeated_input.get(module)
+        runs = self._static_view_runs(x.device)
         if block is not None:  # one base GEMM for the block, copied once per repeat
             base = F.linear(rows[:block], weight, module.bias)
-            y = dpmoe_linear_torch(rows, *args, base=base.repeat(rows.shape[0] // block, 1), **shared)
+            y = dpmoe_linear_torch(rows, *args, base=base.repeat(rows.shape[0] // block, 1),
+                                   view_runs=runs, **shared)
+        elif runs is not None:
+            y = dpmoe_linear_torch(rows, *args, view_runs=runs, **shared)
         else:  # metadata built by us (checked in tests): no value checks
             y = dpmoe_linear(rows, *args, backend=self.backend, validate=False, **shared)
         return y.view(*lead, y.shape[-1])
@@ -213,7 +234,8 @@ class FusedL2Rec(L2RecBase):
         else:       # ... or padded rows s·T .. s·T+T-1
             cu = torch.arange(0, (seqs + 1) * seq, seq, dtype=torch.int32, device=device)
         ctx = FusedContext(self._targets, gates.reshape(seqs, -1), meta.seq_view, cu,
-                           self.config.scaling, backends["dpmoe_linear"])
+                           self.config.scaling, backends["dpmoe_linear"],
+                           rows_per_seq=None if packed else seq)
         shortcuts = self.shortcuts_for(seq, device.type)
         if "shared_first_qkv" in shortcuts and (not packed or device.type == "cpu"):
             # both views' first-layer input is view 0's rows twice (reading cu_seqlens[B]
@@ -222,7 +244,8 @@ class FusedL2Rec(L2RecBase):
             ctx.repeated_input = dict.fromkeys(self._first_qkv, block)
         prune = "last_rows" in shortcuts
         if prune:  # the last layer's output is then already one row per sequence
-            one_row_each = ctx.for_rows(torch.arange(seqs + 1, dtype=torch.int32, device=device))
+            one_row_each = ctx.for_rows(torch.arange(seqs + 1, dtype=torch.int32, device=device),
+                                    rows_per_seq=1)
             plan = (layer_shortcuts.LastRowsPlan.packed(cu, meta.packed_last_row, seq, one_row_each)
                     if packed else
                     layer_shortcuts.LastRowsPlan.padded(mask, meta.last_index, NUM_VIEWS, one_row_each))

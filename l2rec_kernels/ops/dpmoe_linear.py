@@ -97,7 +97,7 @@ MIN_ROWS_PER_RUN = 128
 def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
                        scaling: float, *, shared_a=None, shared_b=None, per_row_gates=False,
                        split_views: bool | None = None,
-                       base: torch.Tensor | None = None) -> torch.Tensor:
+                       base: torch.Tensor | None = None, view_runs: list | None = None) -> torch.Tensor:
     """The torch path (inputs already validated). Never builds [rows, E, d_out]; every op is
     differentiable; the output is the base GEMM's contiguous buffer.
 
@@ -117,6 +117,10 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
 
     ``split_views``: None = per-view runs when the tensors are on the CPU, not under
     torch.compile, and runs average >= MIN_ROWS_PER_RUN rows; True/False force (tests).
+
+    ``view_runs``: the runs as ``_view_runs`` gives them, [(row_lo, row_hi, seq_lo, seq_hi,
+    view)], when the caller knows them from shapes (FusedL2Rec while torch.compile traces a
+    padded forward): the per-view path without reading metadata, whatever ``split_views``.
 
     ``base``: ``x Wᵀ + b`` already computed by the caller (a contiguous [M, d_out] tensor,
     which receives the experts in place and is returned); FusedL2Rec passes it when x's
@@ -139,7 +143,10 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
     forced = split_views is not None
     if not forced:
         split_views = values_are_free(x)
-    runs = _view_runs(seq_view, cu_seqlens, 1 if forced else MIN_ROWS_PER_RUN) if split_views else None
+    if view_runs is not None:
+        runs = view_runs
+    else:
+        runs = _view_runs(seq_view, cu_seqlens, 1 if forced else MIN_ROWS_PER_RUN) if split_views else None
     if runs is None:
         coef = _row_coefficients(gates, seq_view, cu_seqlens, V, scaling, M, per_row_gates)
         _add_experts(y, x, lora_a.reshape(V * E * R, d_in), b_all.reshape(V * E * R, d_out),
