@@ -75,14 +75,14 @@ DEFAULT_BATCH_WAIT_S = 0.020
 # reaches the replica and gets our 503 rather than Ray's plain-text one from its proxy
 # queue (a refusal costs the replica almost nothing).
 RAY_MIN_HEADROOM = 64
+# Ray's proxy gives up on a request this long after ours would have (a backstop: ours is a
+# 504 in the API's error shape, Ray's a plain-text 408).
+RAY_TIMEOUT_MARGIN_S = 5.0
 
 
 def ray_max_ongoing(max_queued: int) -> int:
     """Ray's ``max_ongoing_requests`` per replica for our ``max_queued``."""
     return max_queued + max(RAY_MIN_HEADROOM, max_queued)
-# Ray's proxy gives up on a request this long after ours would have (a backstop: ours is a
-# 504 in the API's error shape, Ray's a plain-text 408).
-RAY_TIMEOUT_MARGIN_S = 5.0
 
 
 @serve.deployment(name="L2RecRecommender")
