@@ -28,10 +28,13 @@
 #                  latency_gpu_full_*.csv, *_speedup.png, *_{dpmoe_linear,route,topk_items}_ms.png   at most 8
 #   bench-model    bench/latency.py --sections model and its plots: bench-model.log,
 #                  latency_gpu_full_*.csv, *_model_latency.png, *_speedup.png   at most 6
+#   bench-compiled bench/latency.py --sections model --compile at B = $L2REC_COMPILE_USERS
+#                  (default 1; one batch size per call: each compiles the Qwen3-0.6B-shaped
+#                  model): CUDA-graph replay of FusedL2Rec[triton] and of the plain backbone
+#                  next to the eager providers (issue 14): bench-compiled.log, csv, plots
+#                                                                         at most 6
 #   bench-custom   bench/latency.py $L2REC_BENCH_ARGS and its plots, for chosen sizes, e.g.
 #                  L2REC_BENCH_ARGS="--set topk_items.k=10,100,1000 --set topk_items.batch=1,4096"
-#                  or the CUDA-graph replay of the fused model and the plain backbone (issue 14):
-#                  L2REC_BENCH_ARGS="--sections model --compile --set model.users=1,4,16"
 #                  (`python bench/latency.py --help` lists every SECTION.AXIS; a --set runs only
 #                  the sections it names): bench-custom.log, latency_gpu_full_*.csv, plots
 #                                          at most 8 unless it runs all four sections
@@ -157,18 +160,18 @@ bench() {  # stage name, then latency.py's arguments
   if [ -n "$csv" ] && [ -f "$csv" ]; then
     "$PY" bench/plot.py "$csv" >> "$OUT/$name.log" 2>&1 || note "$name: plot failed ($name.log)"
   fi
-  grep -E "^(== |Fused|dpmoe_linear|route\[|topk_items)" "$OUT/$name.log" 2>/dev/null | cut -c1-150 \
+  grep -E "^(== |Fused|plain_backbone|L2Rec|dpmoe_linear|route\[|topk_items)" "$OUT/$name.log" 2>/dev/null | cut -c1-150 \
     | head -40 >> "$SUMMARY"
 }
 
 for stage in "${STAGES[@]}"; do
   case "$stage" in
-    install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench|all) ;;
+    install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench-compiled|bench|all) ;;
     bench-custom)
       [ -n "${L2REC_BENCH_ARGS:-}" ] || {
         echo "bench-custom needs L2REC_BENCH_ARGS, e.g. L2REC_BENCH_ARGS=\"--set topk_items.k=10,100,1000\""
         exit 2; } ;;
-    *) echo "unknown stage $stage (install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench-custom|bench|all)"
+    *) echo "unknown stage $stage (install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench-compiled|bench-custom|bench|all)"
        exit 2 ;;
   esac
 done
@@ -183,6 +186,7 @@ for stage in "${STAGES[@]}"; do
     sanitize) sanitize ;;
     bench-kernels) bench bench-kernels --sections dpmoe_linear,route,topk_items ;;
     bench-model) bench bench-model --sections model ;;
+    bench-compiled) bench bench-compiled --sections model --compile --set "model.users=${L2REC_COMPILE_USERS:-1}" ;;
     bench-custom) bench bench-custom "${BENCH_ARGS[@]}" ;;
     bench) bench bench-kernels --sections dpmoe_linear,route,topk_items
            bench bench-model --sections model ;;
