@@ -156,9 +156,9 @@ class CompiledRecommender:
         return parts["z"], parts["gates"]
 
     # ----------------------------------------------------------------- running
-    def _check(self, input_ids, attention_mask, history_ids) -> torch.Tensor:
+    def _check(self, input_ids, attention_mask, history_ids, candidate_ids=None) -> torch.Tensor:
         model = self.model
-        mask = check_forward_inputs(input_ids, attention_mask, history_ids, None, None,
+        mask = check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, None,
                                     vocab_size=model.backbone.config.vocab_size,
                                     num_items=model.num_items, max_history=model.config.max_history,
                                     check_values=model.validate_inputs)
@@ -184,7 +184,11 @@ class CompiledRecommender:
     @torch.no_grad()
     def preference(self, input_ids, attention_mask, history_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """(z [B, pref_dim], gates [2, B, E]) for the batch, as the model computes them."""
-        mask = self._check(input_ids, attention_mask, history_ids)
+        return self._preference(input_ids, self._check(input_ids, attention_mask, history_ids),
+                                history_ids)
+
+    def _preference(self, input_ids, mask, history_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        # (inputs checked) chunks of at most the largest batch bucket, one graph call each
         step = self.buckets.batch[-1]
         parts = [self._run_chunk(input_ids[i:i + step], mask[i:i + step], history_ids[i:i + step])
                  for i in range(0, input_ids.shape[0], step)]
@@ -196,13 +200,8 @@ class CompiledRecommender:
     def __call__(self, input_ids, attention_mask, history_ids,
                  candidate_ids: torch.Tensor | None = None) -> L2RecOutput:
         """The model's forward (inference: no labels): scores, preference and gates."""
-        if candidate_ids is not None:
-            check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, None,
-                                 vocab_size=self.model.backbone.config.vocab_size,
-                                 num_items=self.model.num_items,
-                                 max_history=self.model.config.max_history,
-                                 check_values=self.model.validate_inputs)
-        z, gates = self.preference(input_ids, attention_mask, history_ids)
+        mask = self._check(input_ids, attention_mask, history_ids, candidate_ids)
+        z, gates = self._preference(input_ids, mask, history_ids)
         return L2RecOutput(scores=self.model.score(z, candidate_ids), preference=z, gates=gates)
 
     @torch.no_grad()

@@ -140,12 +140,12 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
         es = shared_a.shape[0]
         shared = (shared_a.reshape(es * R, d_in), shared_b.transpose(-1, -2).reshape(es * R, d_out),
                   x.new_full((1, es), scaling))
-    forced = split_views is not None
-    if not forced:
-        split_views = values_are_free(x)
     if view_runs is not None:
         runs = view_runs
     else:
+        forced = split_views is not None
+        if not forced:
+            split_views = values_are_free(x)
         runs = _view_runs(seq_view, cu_seqlens, 1 if forced else MIN_ROWS_PER_RUN) if split_views else None
     if runs is None:
         coef = _row_coefficients(gates, seq_view, cu_seqlens, V, scaling, M, per_row_gates)

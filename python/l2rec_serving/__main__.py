@@ -14,6 +14,8 @@ import os
 import signal
 import threading
 
+from l2rec_kernels.models.compiled import SERVING_MODES
+
 from .admission import DEFAULT_MAX_QUEUED, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_AFTER_S, ServerLimits
 from .validation import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K, check_positive_int
 
@@ -38,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto", help="backbone dtype: auto, float32, bfloat16, float16")
     ap.add_argument("--tiny-items", type=int, default=200, help="catalogue size of the tiny model")
     ap.add_argument("--compile", dest="compile_mode", default=None,
-                    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                    choices=SERVING_MODES,
                     help="run the forward as torch.compile graphs over batch/length buckets "
                          "(reduce-overhead: CUDA graphs on a GPU); each replica compiles every "
                          "bucket before it serves (minutes). Default: eager")

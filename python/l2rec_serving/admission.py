@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .validation import FieldError, RequestError
+from .validation import FieldError, RequestError, check_positive_int
 
 # A replica holds at most this many requests: enough for a running batch and several
 # gathering behind it at the default max_batch_size (32), so a load of 32 concurrent clients
@@ -40,8 +40,7 @@ class ServerLimits:
     retry_after_s: float = DEFAULT_RETRY_AFTER_S
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_queued, bool) or not isinstance(self.max_queued, int) or self.max_queued < 1:
-            raise ValueError(f"max_queued must be a positive int, got {self.max_queued!r}")
+        check_positive_int("max_queued", self.max_queued)
         for name, low_ok in (("request_timeout_s", False), ("retry_after_s", True)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
