@@ -19,7 +19,6 @@ bench/results/). Exits non-zero if any request failed or went unanswered.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import datetime as dt
 import json
@@ -28,14 +27,13 @@ import platform
 import random
 import shlex
 import sys
-import time
 
-import aiohttp
 import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from _http_client import run_phase  # noqa: E402
 from _timing import percentile  # noqa: E402
 
 CSV_FIELDS = ["date", "server", "requests", "concurrency", "answered", "errors", "unanswered", "wall_s",
@@ -56,54 +54,16 @@ def make_bodies(n: int, num_items: int, max_history: int, seed: int) -> list[dic
     return bodies
 
 
-async def _run(url: str, bodies: list[dict], concurrency: int, request_timeout_s: float,
-               latencies: list[float], errors: list[str]) -> None:
-    """``concurrency`` workers share the bodies; each records its latency or its error.
-
-    aiohttp, not httpx: on a 2-core machine the client shares the CPU with the server, and
-    aiohttp needs a fraction of httpx's CPU per request (so the numbers measure the server).
-    """
-    queue = iter(bodies)  # one shared iterator: next() hands out each body exactly once
-    timeout = aiohttp.ClientTimeout(total=request_timeout_s)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
-
-        async def worker() -> None:
-            for body in queue:
-                t0 = time.perf_counter()
-                try:
-                    async with session.post("/recommend", json=body) as r:
-                        payload = await r.json(content_type=None)
-                        ok = r.status == 200 and len(payload["items"]) == body["k"]
-                        if not ok:
-                            errors.append(f"HTTP {r.status}: {str(payload)[:200]}")
-                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                if ok:
-                    latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
 def run_load(url: str, bodies: list[dict], concurrency: int, request_timeout_s: float,
              timeout_s: float) -> dict:
-    """Send every body; return latencies (s), errors and the wall time, bounded by timeout_s."""
-    latencies: list[float] = []
-    errors: list[str] = []
-
-    async def bounded() -> bool:
-        try:
-            await asyncio.wait_for(_run(url, bodies, concurrency, request_timeout_s, latencies, errors),
-                                   timeout_s)
-            return False
-        except asyncio.TimeoutError:
-            return True
-
-    t0 = time.perf_counter()
-    timed_out = asyncio.run(bounded())
-    return {"latencies": latencies, "errors": errors, "wall_s": time.perf_counter() - t0,
-            "timed_out": timed_out}
+    """Send every body over keep-alive connections (``_http_client``); return the latencies
+    (s) of the good answers, one message per error, the wall time and the load average,
+    bounded by timeout_s."""
+    phase = run_phase(url, bodies, concurrency, request_timeout_s, timeout_s, fresh_connections=False)
+    records = phase["records"]
+    return {"latencies": [r.latency_s for r in records if r.kind == "ok"],
+            "errors": [r.detail for r in records if r.kind != "ok"], "wall_s": phase["wall_s"],
+            "timed_out": phase["timed_out"], "load_avg_1m": phase["load_avg_1m"]}
 
 
 def client_machine() -> str:
@@ -163,11 +123,9 @@ def measure(url: str, args) -> dict:
     warm = make_bodies(2 * args.concurrency, n_items, max_hist, args.seed + 1)
     run_load(url, warm, args.concurrency, args.request_timeout_s, args.timeout_s)  # not counted
     before = httpx.get(url + "/stats", timeout=30).json()
-    load_before = os.getloadavg()[0]
+    # (run_load reports the load average: other work on a shared machine shows up there)
     result = run_load(url, make_bodies(args.requests, n_items, max_hist, args.seed), args.concurrency,
                       args.request_timeout_s, args.timeout_s)
-    # The machine's load average: other work on a shared machine shows up here.
-    result["load_avg_1m"] = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
     after = httpx.get(url + "/stats", timeout=30).json()
     return summarise(args, info, before, after, result)
 
