@@ -234,12 +234,12 @@ def check_peft_peer(ref: L2Rec, peft_model, batch: dict, dtype: torch.dtype) -> 
     return err
 
 
-def compiled_providers(ref: L2Rec, fused: FusedL2Rec, plain, users: int, seq_len: int,
-                       device: torch.device) -> dict:
+def compiled_providers(fused: FusedL2Rec, plain, users: int, seq_len: int, device: torch.device) -> dict:
     """{provider: callable(batch)}: the fused model via ``compile_for_serving`` with one
     bucket (this case's shape, so nothing is padded) and the plain backbone through
     ``torch.compile`` at the same shape; on CUDA both replay CUDA graphs
-    (mode="reduce-overhead"). Each is compiled here, before timing."""
+    (mode="reduce-overhead"). Each compiles on its first call (``model_providers`` makes
+    those calls before timing)."""
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     runner = compile_for_serving(fused, mode=mode, batch_buckets=(users,), length_buckets=(seq_len,))
     graph = torch.compile(lambda b: plain(b).last_hidden_state, fullgraph=True, dynamic=False,
@@ -286,8 +286,7 @@ def model_providers(shape: ModelShape, users: int, device: torch.device, dtype: 
         providers[f"FusedL2Rec[{name},no_shortcuts]"] = rotating(lambda b: full(**b))
     if compiled and fused:
         name = "triton" if "triton" in fused else next(iter(fused))  # the GPU's fast backend
-        for label, fn in compiled_providers(ref, fused[name], plain, users, shape.seq_len,
-                                            device).items():
+        for label, fn in compiled_providers(fused[name], plain, users, shape.seq_len, device).items():
             with torch.no_grad():
                 for _ in range(2):  # compile (and on CUDA record the graph) before timing
                     fn(batches[0])
