@@ -1,0 +1,141 @@
+r"""``FORMAT:PATH`` specs, and finding a data set's files in the folder it is distributed as.
+
+What a folder may hold, per format (the first match wins; compressed variants ``.gz``,
+``.bz2``, ``.zst``, ``.lz4`` of the Amazon and CSV files are found too):
+
+| format | interactions | titles (optional) |
+|---|---|---|
+| movielens | `ratings.dat` (ml-1m, ml-10m: `::`) | `movies.dat` |
+| | `u.data` (ml-100k: tab-separated) | `u.item` (`\|`) |
+| | `ratings.csv` (ml-latest(-small), ml-20m and later) | `movies.csv` |
+| amazon2014 | `reviews_<Cat>_5.json` or `reviews_<Cat>.json` | `meta_<Cat>.json` |
+| amazon2018 | `<Cat>_5.json` or `<Cat>.json` | `meta_<Cat>.json` |
+| amazon2023 | `<Cat>.jsonl` | `meta_<Cat>.jsonl` |
+| csv | the only `*.csv` / `*.tsv` file | (a title column) |
+| parquet | every `*.parquet` file, read as one data set | (a title column) |
+
+An Amazon folder must hold one category's reviews (one 5-core or full file); with several,
+name the file. Given a file instead of a folder, its title file is looked for beside it by
+the same names (``ratings.dat`` -> ``movies.dat``, ``u.data`` or ``u1.base`` -> ``u.item``,
+``reviews_Books_5.json.gz`` -> ``meta_Books.json.gz`` or ``meta_Books.json``, ...). A
+MovieLens file's kind comes from its name: ``*.dat`` is ``::``-separated, ``*.csv`` has a
+header, anything else (``u.data``, ``u1.base``) is tab-separated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import DataFileError
+
+FORMATS = ("movielens", "amazon2014", "amazon2018", "amazon2023", "csv", "parquet")
+_COMPRESSED = r"(\.gz|\.bz2|\.zst|\.lz4)?"
+
+
+@dataclass
+class Located:
+    """The files of one data set: interactions, the optional title file, and the kind of
+    interaction file (MovieLens: "dat", "tab" or "csv"; otherwise the format)."""
+
+    interactions: str
+    titles: str | None
+    kind: str
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"FORMAT:PATH"`` -> (format, path). The path must exist."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"data spec must be a string 'FORMAT:PATH', got {type(spec).__name__}")
+    spec = os.fspath(spec)
+    fmt, sep, path = spec.partition(":")
+    if not sep or not path:
+        raise ValueError(f"data spec must be 'FORMAT:PATH' with FORMAT in {FORMATS}, got {spec!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r} in {spec!r}; known formats: {', '.join(FORMATS)}")
+    if not os.path.exists(path):
+        raise DataFileError(path, "no such file or folder")
+    if path.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        raise DataFileError(path, "archives are not read: extract it and give the folder it holds")
+    return fmt, path
+
+
+def _find(folder: str, pattern: str) -> list[str]:
+    rx = re.compile(pattern)
+    names = sorted(os.listdir(folder))
+    return [f for f in names if rx.fullmatch(f) and os.path.isfile(os.path.join(folder, f))]
+
+
+def _sibling(folder: str, names: list[str]) -> str | None:
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _movielens_kind(name: str) -> str:
+    base = re.sub(_COMPRESSED + "$", "", name)
+    return "dat" if base.endswith(".dat") else "csv" if base.endswith(".csv") else "tab"
+
+
+_MOVIELENS_TITLES = {"dat": ["movies.dat"], "tab": ["u.item"], "csv": ["movies.csv"]}
+
+
+def locate_movielens(path: str) -> Located:
+    """MovieLens interactions and titles from a folder or a ratings file."""
+    if os.path.isdir(path):
+        for name in ("ratings.dat", "u.data", "ratings.csv"):
+            ratings = os.path.join(path, name)
+            if os.path.isfile(ratings):
+                kind = _movielens_kind(name)
+                return Located(ratings, _sibling(path, _MOVIELENS_TITLES[kind]), kind)
+        raise DataFileError(path, "no MovieLens ratings file in this folder (looked for ratings.dat, "
+                                  "u.data, ratings.csv)")
+    kind = _movielens_kind(os.path.basename(path))
+    return Located(path, _sibling(os.path.dirname(path) or ".", _MOVIELENS_TITLES[kind]), kind)
+
+
+# Amazon review files by version: (pattern with the category as group 1, meta file stem, ext)
+_AMAZON = {
+    "amazon2014": (r"reviews_(.+?)(?:_5)?\.json" + _COMPRESSED, "json"),
+    "amazon2018": (r"(?!meta_)(.+?)(?:_5)?\.json" + _COMPRESSED, "json"),
+    "amazon2023": (r"(?!meta_)(.+?)\.jsonl" + _COMPRESSED, "jsonl"),
+}
+
+
+def _meta_for(folder: str, category: str, ext: str) -> str | None:
+    return _sibling(folder, [f"meta_{category}.{ext}{c}" for c in ("", ".gz", ".bz2", ".zst", ".lz4")])
+
+
+def locate_amazon(path: str, fmt: str) -> Located:
+    """Amazon reviews and metadata from a folder or a reviews file."""
+    pattern, ext = _AMAZON[fmt]
+    if os.path.isdir(path):
+        found = _find(path, pattern)
+        if not found:
+            example = {"amazon2014": "reviews_<Cat>_5.json", "amazon2018": "<Cat>_5.json or <Cat>.json",
+                       "amazon2023": "<Cat>.jsonl"}[fmt]
+            raise DataFileError(path, f"no {fmt} reviews file in this folder (expected {example}, "
+                                      f"optionally compressed)")
+        if len(found) > 1:
+            raise DataFileError(path, f"several {fmt} review files in this folder ({', '.join(found)}); "
+                                      f"give one as {fmt}:{os.path.join(path, found[0])}")
+        reviews, folder = os.path.join(path, found[0]), path
+    else:
+        reviews, folder = path, os.path.dirname(path) or "."
+    match = re.fullmatch(pattern, os.path.basename(reviews))
+    meta = _meta_for(folder, match.group(1), ext) if match else None
+    return Located(reviews, meta, fmt)
+
+
+def locate_table(path: str, fmt: str) -> Located:
+    """A generic CSV file (or the only one in a folder), or Parquet (a file or folder)."""
+    if fmt == "parquet" or not os.path.isdir(path):
+        return Located(path, None, fmt)
+    found = _find(path, r".+\.(csv|tsv)" + _COMPRESSED)
+    if len(found) != 1:
+        raise DataFileError(path, f"expected one .csv or .tsv file in this folder, found "
+                                  f"{len(found)}{': ' + ', '.join(found) if found else ''}; give the file")
+    return Located(os.path.join(path, found[0]), None, fmt)
