@@ -48,7 +48,21 @@ if not HAS_GPU:  # (when simulating, the interpreter stands in for the device: D
 DEVICE = torch.device("cuda" if HAS_GPU else "cpu")
 
 
+# Test modules that start Ray (a local instance or a loopback cluster) or bind ports: under
+# pytest-xdist (`make test` runs `-n auto --dist loadgroup`) they all run on one worker, one
+# after another, so two Ray instances never compete for the same ports, /tmp/ray sessions
+# or cores. A test module may also mark itself with `pytest.mark.xdist_group(...)`.
+RAY_MODULES = frozenset({
+    "test_serving.py", "test_faults.py", "test_serving_fuzz.py", "test_real_checkpoint.py",
+    "test_batch_scoring.py",
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in RAY_MODULES and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
     needs_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     needs_interpreter = pytest.mark.skip(
         reason="CPU tensors through backend='triton' need the Triton interpreter, which conftest "
