@@ -4,6 +4,32 @@
 #
 #   bash bench/gpu_session.sh STAGE...      e.g. `bash bench/gpu_session.sh test-kernels`
 #
+# THE WHOLE GPU WINDOW is two commands, run back to back (the second finds the first's
+# install while the machine is still warm, else installs again), each under 9 minutes
+# (L2REC_CALL_LIMIT_S, default 510 s for these two) and each bringing back at most 8 files:
+#
+#   bash bench/gpu_session.sh window-1   install (the extension for sm_90a), backend_info(),
+#                  the kernel and model test files with their GPU tests (tests.log), then
+#                  compute-sanitizer memcheck over the GPU-marked kernel tests but the two
+#                  large-shape ones (sanitize.log; the tests stop SANITIZE_RESERVE_S = 150 s
+#                  before the deadline to leave it room). Files: summary.txt, install.log
+#                  when it installed, backend_info.json, tests.log, sanitize.log   at most 5
+#   bash bench/gpu_session.sh window-2   bf16 timings, each table one latency.py run:
+#                  tune (python -m l2rec_kernels.tune --shape qwen3-0.6b-paper --batch 1,16,64
+#                  --seq-len 256 --items 1000000 --k 10,100,1000: fills the backend="auto"
+#                  cache, copied to $OUT as autotune-<gpu>.json); bench-kernels (dpmoe_linear
+#                  vs F.linear vs the torch path, M = 64, 1024, 8192, 1024->3072 and
+#                  4096->4096, E = 4, r = 8, 16; topk_items vs mm + topk, N = 1M, d = 128,
+#                  B = 1, 64, 1024, k = 10, 100, 1000; batch_metadata); bench-model
+#                  (FusedL2Rec vs the plain backbone vs L2Rec at qwen3-0.6b-paper, B = 1, 16,
+#                  64, T = 256, eager, peak memory; the train section's optimizer step at
+#                  B = 16); bench-compiled (compile_for_serving reduce-overhead replay at
+#                  B = 1; last, as it compiles for minutes: cut off first if time runs out).
+#                  Caps per stage (s): L2REC_TUNE_S 150, L2REC_KERNELS_S 150, L2REC_MODEL_S
+#                  200; bench-compiled gets what is left. Every CSV, plot and log is packed
+#                  into window-2-results.tgz. Files: summary.txt, install.log when it
+#                  installed, autotune-*.json, window-2-results.tgz             at most 4
+#
 # Run one stage per call. Each call is a fresh copy of the working tree, possibly on a fresh
 # machine: every stage first installs the package if this checkout's build is not already
 # installed there (at most one build attempt per script run: a failed build is recorded in a
@@ -16,7 +42,7 @@
 #                  (builds l2rec_kernels._C for $TORCH_CUDA_ARCH_LIST, default 9.0a);
 #                  backend_info() goes into the summary.                  2 files in all
 #   test-kernels   the op tests (tests/test_{dpmoe_linear,route,topk_items,batch_metadata,
-#                  cuda_ext}.py, gpu-marked included), `-n auto` when pytest-xdist is
+#                  cuda_ext,autotune}.py, gpu-marked included), `-n auto` when pytest-xdist is
 #                  importable, else serial: test-kernels.log              at most 3
 #   test-models    every other test file, serially: test-models.log      at most 3
 #   sanitize       compute-sanitizer --tool memcheck over the gpu-marked op tests, with
@@ -24,8 +50,10 @@
 #                  allocation (an out-of-bounds access inside a cached block is caught);
 #                  L2REC_SANITIZE_TESTS="tests/a.py ..." narrows it if it runs out of time:
 #                  sanitize.log                                           at most 3
-#   bench-kernels  bench/latency.py --sections dpmoe_linear,route,topk_items and its plots: bench-kernels.log,
-#                  latency_gpu_full_*.csv, *_speedup.png, *_{dpmoe_linear,route,topk_items}_ms.png   at most 8
+#   bench-kernels  tune (below: fills the backend="auto" cache), then bench/latency.py --sections
+#                  dpmoe_linear,route,topk_items,batch_metadata and its plots; the logs and the
+#                  per-kernel plots packed into bench-kernels-results.tgz: summary.txt,
+#                  autotune-*.json, latency_gpu_full_*.csv, *_speedup.png, the .tgz   at most 6
 #   bench-model    bench/latency.py --sections model and its plots: bench-model.log,
 #                  latency_gpu_full_*.csv, *_model_latency.png, *_speedup.png   at most 6
 #   bench-compiled bench/latency.py --sections model --compile at B = $L2REC_COMPILE_USERS
@@ -40,14 +68,18 @@
 #                                          at most 8 unless it runs all four sections
 #   test, bench    test-kernels + test-models, bench-kernels + bench-model (as `all`: may need
 #                  more than one call's time and files)
+#   tune           python -m l2rec_kernels.tune for $L2REC_TUNE_SHAPE (default qwen3-0.6b-paper)
+#                  at B = 1,16,64, T = 256 and the autotune cache file: tune.log,
+#                  autotune-*.json                                        at most 4
 #   all            install and every stage above but bench-custom, one after another: for a
 #                  machine with no call limit (about 20 files; no time limit unless
 #                  L2REC_CALL_LIMIT_S is set)
 #
 # Time: the run stops starting work L2REC_CALL_LIMIT_S seconds after it began (default 570,
-# i.e. inside a 10-minute call; 0 = no limit, the default for `all`): each stage's command
-# is cut off at that deadline (rc 124), later stages are reported as not run, and the
-# summary is still printed.
+# i.e. inside a 10-minute call; 510 for window-1 and window-2, so that each stays under 9
+# minutes; 0 = no limit, the default for `all`): each stage's command is cut off at that
+# deadline (rc 124), or at its own cap where it has one, later stages are reported as not
+# run, and the summary is still printed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT="${OUT:-/tmp/l2rec-gpu}"
@@ -55,14 +87,24 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && { echo "usage: bash bench/gpu_session.sh STAGE... (see the header)"; exit 2; }
-if [[ " ${STAGES[*]} " == *" all "* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-0}"; else LIMIT="${L2REC_CALL_LIMIT_S:-570}"; fi
+if [[ " ${STAGES[*]} " == *" all "* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-0}"
+elif [[ " ${STAGES[*]} " == *" window-"* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-510}"
+else LIMIT="${L2REC_CALL_LIMIT_S:-570}"; fi
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 STATE=$(mktemp -d)            # this run's markers: install.tried, install.failed
 trap 'rm -rf "$STATE"' EXIT
 STAMP=build/gpu_session.stamp # the sources of the installed build (build/ is git-ignored)
 KERNEL_TESTS=(tests/test_dpmoe_linear.py tests/test_route.py tests/test_topk_items.py
-              tests/test_batch_metadata.py tests/test_cuda_ext.py)
+              tests/test_batch_metadata.py tests/test_cuda_ext.py tests/test_autotune.py)
+# The model test files: every model path on the GPU (the serving, batch and docs tests run
+# no GPU code of their own; test-models runs them too).
+MODEL_TESTS=(tests/test_fused.py tests/test_train_step.py tests/test_compile.py
+             tests/test_compile_for_serving.py tests/test_inference_dtype.py
+             tests/test_layer_shortcuts.py tests/test_paper_preset.py tests/test_reference.py
+             tests/test_recommend.py tests/test_backbones.py)
+# Left out of memcheck (10-100x slower there): the large-shape GPU tests.
+SANITIZE_SKIP="not large_catalogue and not bench_shapes"
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
@@ -71,16 +113,20 @@ time_left() {  # seconds until the deadline (a large number without one)
 }
 
 run_stage() {  # name, then the command: logs to $OUT/name.log, cut off at the deadline
+  # (or STAGE_CAP seconds after it starts, when that comes first: a stage's own budget)
   local name=$1; shift
-  local left t0=$SECONDS rc
+  local left t0=$SECONDS rc why="the deadline (L2REC_CALL_LIMIT_S=$LIMIT)"
   left=$(time_left)
   if [ "$left" -lt 30 ]; then
     note "$name: NOT RUN (${left}s left before the deadline; run it in its own call)"
     return 124
   fi
+  if [ -n "${STAGE_CAP:-}" ] && [ "$STAGE_CAP" -lt "$left" ]; then
+    left=$STAGE_CAP why="its cap of ${STAGE_CAP} s"
+  fi
   timeout --kill-after=15 "$left" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
-  [ $rc -eq 124 ] && echo "gpu_session: cut off at the deadline (L2REC_CALL_LIMIT_S=$LIMIT)" >> "$OUT/$name.log"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo "gpu_session: cut off at $why" >> "$OUT/$name.log"; fi
   note "$name: rc=$rc in $((SECONDS - t0)) s$(ext_note) ($(tail -n 1 "$OUT/$name.log" | cut -c1-160))"
   return $rc
 }
@@ -138,17 +184,106 @@ test_models() {
   grep -E "^(FAILED|ERROR)" "$OUT/test-models.log" 2>/dev/null | head -20 | tee -a "$SUMMARY"
 }
 
-sanitize() {
-  local files
+sanitize() {  # STAGE_CAP and L2REC_SANITIZE_K (a pytest -k expression) narrow it
+  local files kexpr=()
   read -r -a files <<< "${L2REC_SANITIZE_TESTS:-${KERNEL_TESTS[*]}}"
+  [ -n "${L2REC_SANITIZE_K:-}" ] && kexpr=(-k "$L2REC_SANITIZE_K")
   ensure_installed
   # --error-exitcode makes any finding fail the stage. No caching allocator: every tensor is
-  # its own cudaMalloc, so memcheck sees the end of each one.
-  ( export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+  # its own cudaMalloc, so memcheck sees the end of each one. No autotune measurements (each
+  # would run every path 20-odd times more under the checker); a scratch cache.
+  ( export PYTORCH_NO_CUDA_MEMORY_CACHING=1 L2REC_AUTOTUNE=0 L2REC_CACHE_DIR="$STATE/sanitize-cache"
     run_stage sanitize compute-sanitizer --tool memcheck --error-exitcode 3 \
-      "$PY" -m pytest -q -p no:cacheprovider -m gpu "${files[@]}" )
+      "$PY" -m pytest -q -p no:cacheprovider -m gpu "${kexpr[@]}" "${files[@]}" )
   grep -E "ERROR SUMMARY|========= (Invalid|Program hit)" "$OUT/sanitize.log" 2>/dev/null | sort | uniq -c \
     | head -10 | tee -a "$SUMMARY"
+}
+
+autotune_file() {  # the backend="auto" cache file of the current GPU
+  "$PY" -c "import torch; from l2rec_kernels import _autotune as a
+print(a.cache_path(a.device_name('cuda', torch.cuda.current_device())))" 2>/dev/null
+}
+
+tune() {  # python -m l2rec_kernels.tune at the model's shape; the cache file into $OUT
+  local file
+  ensure_installed
+  run_stage tune "$PY" -m l2rec_kernels.tune --shape "${L2REC_TUNE_SHAPE:-qwen3-0.6b-paper}" \
+    --batch 1,16,64 --seq-len 256 --items 1000000 --k 10,100,1000
+  file=$(autotune_file)
+  if [ -n "$file" ] && [ -f "$file" ]; then
+    cp "$file" "$OUT/autotune-$(basename "$file")"
+    note "tune: $(grep -c '"choice"' "$file") cached choice(s); $OUT/autotune-$(basename "$file")"
+  else
+    note "tune: no autotune cache file (${file:-its path is unknown})"
+  fi
+  grep -E "^# " "$OUT/tune.log" 2>/dev/null | tee -a "$SUMMARY"
+}
+
+window_1() {  # install, backend_info, the kernel and model tests, memcheck (header)
+  local left cap
+  ensure_installed
+  "$PY" -c "import json, l2rec_kernels as lk; print(json.dumps(lk.backend_info(), indent=1))" \
+    > "$OUT/backend_info.json" 2>&1 || note "backend_info() failed (backend_info.json)"
+  left=$(time_left)
+  cap=$((left - ${SANITIZE_RESERVE_S:-150}))
+  [ "$cap" -lt 60 ] && cap=60
+  # The tests' own autotune measurements (tiny shapes) go to a scratch cache.
+  # shellcheck disable=SC2046  # xdist_args is zero or two words
+  ( export L2REC_CACHE_DIR="$STATE/test-cache"
+    STAGE_CAP=$cap run_stage tests "$PY" -m pytest -q -p no:cacheprovider $(xdist_args) \
+      "${KERNEL_TESTS[@]}" "${MODEL_TESTS[@]}" )
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" 2>/dev/null | tail -25 | tee -a "$SUMMARY"
+  L2REC_SANITIZE_K="${L2REC_SANITIZE_K:-$SANITIZE_SKIP}" sanitize
+}
+
+pack_results() {  # archive, marker file, then the names (globs) kept apart: every file of
+  # $OUT newer than the marker goes into the archive (a call brings back at most 8 files)
+  local archive=$1 marker=$2 f k keep packed=()
+  shift 2
+  for f in "$OUT"/*; do
+    [ -f "$f" ] && [ "$f" -nt "$marker" ] || continue
+    keep=0
+    for k in "$archive" "$@"; do
+      # shellcheck disable=SC2053  # $k is a glob on purpose
+      [[ "$(basename "$f")" == $k ]] && keep=1
+    done
+    [ $keep -eq 1 ] || packed+=("$(basename "$f")")
+  done
+  [ ${#packed[@]} -gt 0 ] || return 0
+  if tar -czf "$OUT/$archive" -C "$OUT" "${packed[@]}"; then
+    (cd "$OUT" && rm -f "${packed[@]}")
+    note "packed ${#packed[@]} file(s) into $archive: $(echo "${packed[*]}" | cut -c1-400)"
+  else
+    note "packing $archive FAILED: the files stay in $OUT (a call brings back only 8)"
+  fi
+}
+
+bench_kernels() {  # the kernel sections at their default sizes, after tune fills the auto cache
+  touch "$STATE/bench-kernels.start"
+  sleep 1  # (file times have a one-second grain on some file systems)
+  tune
+  bench bench-kernels --sections dpmoe_linear,route,topk_items,batch_metadata
+  pack_results bench-kernels-results.tgz "$STATE/bench-kernels.start" summary.txt install.log \
+    "autotune-*.json" "latency_gpu_*.csv" "*_speedup.png"
+}
+
+window_2() {  # the timings (header); each table one latency.py run
+  ensure_installed
+  touch "$STATE/window-2.start"
+  sleep 1
+  STAGE_CAP=${L2REC_TUNE_S:-150} tune
+  STAGE_CAP=${L2REC_KERNELS_S:-150} bench bench-kernels --dtype bf16 --sections dpmoe_linear,topk_items,batch_metadata \
+    --set dpmoe_linear.seq_len=32 --set dpmoe_linear.seqs_per_view=1,16,128 \
+    --set dpmoe_linear.d_in=1024,4096 --set dpmoe_linear.d_out=3072,4096 \
+    --set dpmoe_linear.experts=4 --set dpmoe_linear.rank=8,16 \
+    --set topk_items.items=1000000 --set topk_items.dim=128 --set topk_items.batch=1,64,1024 \
+    --set topk_items.k=10,100,1000 --set batch_metadata.users=1,64,1024 --set batch_metadata.tokens=256
+  STAGE_CAP=${L2REC_MODEL_S:-200} bench bench-model --dtype bf16 --sections model,train \
+    --set model.shape=qwen3-0.6b-paper --set model.users=1,16,64 --set model.seq_len=256 \
+    --set train.shape=qwen3-0.6b-paper --set train.users=16 --set train.seq_len=256
+  bench bench-compiled --dtype bf16 --sections model --compile --set model.shape=qwen3-0.6b-paper \
+    --set model.users=1 --set model.seq_len=256
+  pack_results window-2-results.tgz "$STATE/window-2.start" summary.txt install.log "autotune-*.json"
 }
 
 bench() {  # stage name, then latency.py's arguments
@@ -160,18 +295,20 @@ bench() {  # stage name, then latency.py's arguments
   if [ -n "$csv" ] && [ -f "$csv" ]; then
     "$PY" bench/plot.py "$csv" >> "$OUT/$name.log" 2>&1 || note "$name: plot failed ($name.log)"
   fi
-  grep -E "^(== |Fused|plain_backbone|L2Rec|dpmoe_linear|route\[|topk_items)" "$OUT/$name.log" 2>/dev/null | cut -c1-150 \
+  grep -E "^(== |Fused|plain_backbone|L2Rec|dpmoe_linear|route\[|topk_items|batch_metadata\[|reference_einsum|plain_linear|mm_topk)" \
+    "$OUT/$name.log" 2>/dev/null | cut -c1-150 \
     | head -40 >> "$SUMMARY"
 }
 
 for stage in "${STAGES[@]}"; do
   case "$stage" in
-    install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench-compiled|bench|all) ;;
+    install|test-kernels|test-models|test|sanitize|tune|bench-kernels|bench-model|bench-compiled|bench|all) ;;
+    window-1|window-2) ;;
     bench-custom)
       [ -n "${L2REC_BENCH_ARGS:-}" ] || {
         echo "bench-custom needs L2REC_BENCH_ARGS, e.g. L2REC_BENCH_ARGS=\"--set topk_items.k=10,100,1000\""
         exit 2; } ;;
-    *) echo "unknown stage $stage (install|test-kernels|test-models|test|sanitize|bench-kernels|bench-model|bench-compiled|bench-custom|bench|all)"
+    *) echo "unknown stage $stage (window-1|window-2|install|test-kernels|test-models|test|sanitize|tune|bench-kernels|bench-model|bench-compiled|bench-custom|bench|all)"
        exit 2 ;;
   esac
 done
@@ -184,14 +321,17 @@ for stage in "${STAGES[@]}"; do
     test-models) test_models ;;
     test) test_kernels; test_models ;;
     sanitize) sanitize ;;
-    bench-kernels) bench bench-kernels --sections dpmoe_linear,route,topk_items ;;
+    tune) tune ;;
+    window-1) window_1 ;;
+    window-2) window_2 ;;
+    bench-kernels) bench_kernels ;;
     bench-model) bench bench-model --sections model ;;
     bench-compiled) bench bench-compiled --sections model --compile --set "model.users=${L2REC_COMPILE_USERS:-1}" ;;
     bench-custom) bench bench-custom "${BENCH_ARGS[@]}" ;;
-    bench) bench bench-kernels --sections dpmoe_linear,route,topk_items
+    bench) bench_kernels
            bench bench-model --sections model ;;
     all) install; test_kernels; test_models; sanitize
-         bench bench-kernels --sections dpmoe_linear,route,topk_items; bench bench-model --sections model ;;
+         bench_kernels; bench bench-model --sections model ;;
   esac
 done
 echo "==== summary ($SUMMARY; $(find "$OUT" -maxdepth 1 -type f | wc -l) files in $OUT)"

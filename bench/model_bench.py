@@ -49,7 +49,6 @@ import copy
 import dataclasses
 import sys
 import warnings
-from dataclasses import dataclass
 
 import torch
 from _report import Axis, Case, RunConfig, all_sizes, grid, positive_int, stats_rows
@@ -61,48 +60,19 @@ from l2rec_kernels.models.base import gather_last
 from l2rec_kernels.models.compiled import compile_for_serving
 from l2rec_kernels.models.config import NUM_VIEWS
 from l2rec_kernels.models.inputs import position_ids_from_mask
+
+# The named shapes live in the package (``python -m l2rec_kernels.tune`` tunes for them too).
+from l2rec_kernels.models.shapes import (  # noqa: F401  (re-exported for the other sections)
+    CPU_QWEN3_PAPER_SHAPE,
+    CPU_SHAPE,
+    MODEL_SHAPES,
+    QWEN05_SHAPE,
+    QWEN3_06B_SHAPE,
+    ModelShape,
+)
 from l2rec_kernels.models.tiny import synthetic_batch, tiny_backbone
 
 PEFT_PROVIDER = "PEFT_mixed_batch_top1"
-
-
-@dataclass
-class ModelShape:
-    name: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    seq_len: int
-    num_experts: int = 4
-    rank: int = 8
-    num_items: int = 1000
-    arch: str = "llama"
-    head_dim: int | None = None  # None: hidden / heads
-    preset: str = "default"      # "default" (iLoRA's) or "paper" (L2RecConfig.paper)
-
-    def label(self, users: int) -> str:
-        return (f"{self.name} B={users} T={self.seq_len} h={self.hidden} L={self.layers} "
-                f"E={self.num_experts} r={self.rank}")
-
-    def config(self) -> L2RecConfig:
-        if self.preset == "paper":
-            return L2RecConfig.paper(self.num_items, num_experts=self.num_experts, rank=self.rank)
-        return L2RecConfig(num_items=self.num_items, num_experts=self.num_experts, rank=self.rank)
-
-
-# The CPU acceptance shape of the FusedL2Rec issue (Llama, iLoRA defaults) and the same
-# widths on Qwen3 with the paper's setup; GPU: Qwen3-0.6B's widths with the paper's setup
-# (the headline: the backbone the paper reports) and a Qwen2-0.5B-class shape.
-CPU_SHAPE = ModelShape("cpu-small", 512, 4, 8, 4, 1376, 4000, 96)
-CPU_QWEN3_PAPER_SHAPE = dataclasses.replace(CPU_SHAPE, name="cpu-small-qwen3-paper", arch="qwen3",
-                                            preset="paper")
-QWEN05_SHAPE = ModelShape("qwen2-0.5b", 896, 24, 14, 2, 4864, 151936, 256, rank=8, arch="qwen2")
-QWEN3_06B_SHAPE = ModelShape("qwen3-0.6b-paper", 1024, 28, 16, 8, 3072, 151936, 256, arch="qwen3",
-                             head_dim=128, preset="paper")
-MODEL_SHAPES = {s.name: s for s in (CPU_SHAPE, CPU_QWEN3_PAPER_SHAPE, QWEN05_SHAPE, QWEN3_06B_SHAPE)}
 
 
 def shape_name(text: str) -> str:

@@ -8,8 +8,13 @@ Three implementations stand behind every op:
 * ``"cuda"``   the optional compiled extension ``l2rec_kernels._C`` (routing and batch
   metadata only); CUDA tensors, where the extension was built.
 
-``"auto"`` picks the fastest usable one for the tensors at hand. Nothing here runs at
-import time: the extension is imported and CUDA is queried only when first asked.
+``"auto"`` is the torch path for CPU tensors. For CUDA tensors it is a measured choice
+(``_autotune``): the first eager call of an op in a (device, dtype, shape bucket) times
+every usable path and keeps the fastest, cached in memory and on disk; where nothing can be
+measured (torch.compile tracing, CUDA-graph capture) the cached choice or the default rule
+(cuda > triton > torch, ``resolve_backend``) applies. Under grad mode, when an input requires
+grad, ``auto`` takes each op's differentiable path (torch), whatever the device. Nothing here
+runs at import time: the extension is imported and CUDA is queried only when first asked.
 """
 
 from __future__ import annotations
@@ -127,6 +132,21 @@ def resolve_backend_traceable(backend: str, device_type: str, op: str,
     return resolve_backend(backend, torch.device(device_type), op, supported=supported)
 
 
+@constant_for_compile
+def usable_backends(device_type: str, supported: tuple[str, ...]) -> tuple[str, ...]:
+    """The backends among ``supported`` that can run on tensors of ``device_type``, in the
+    default rule's order (cuda, triton, torch): what ``auto`` measures on a GPU."""
+    device = torch.device(device_type)
+    return tuple(b for b in ("cuda", "triton", "torch")
+                 if b in supported and _unavailable(b, device) is None)
+
+
+def needs_grad(*tensors) -> bool:
+    """Grad mode is on and a tensor among ``tensors`` (None allowed) requires grad: then
+    ``auto`` takes the differentiable (torch) path."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _unavailable(backend: str, device: torch.device) -> str | None:
     if backend == "torch":
         return None
@@ -141,7 +161,11 @@ def backend_info() -> dict[str, dict[str, object]]:
     """Which backends are usable here, and why not the others.
 
     Returns ``{name: {"available": bool, "reason": str}}`` for ``torch``, ``triton`` and
-    ``cuda``, judged for CUDA tensors when a GPU is visible and for CPU tensors otherwise.
+    ``cuda``, judged for CUDA tensors when a GPU is visible and for CPU tensors otherwise;
+    ``device`` names the GPU; ``autotune`` says whether ``auto`` is measured here and adds
+    ``path`` (the cache file) and ``choices`` ({bucket: {"choice", "ms", "current"}}, the
+    cached choices for this GPU; ``current`` False: measured under other versions, so
+    measured again on next use).
     """
     has_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if has_gpu else "cpu")
@@ -165,4 +189,21 @@ def backend_info() -> dict[str, dict[str, object]]:
         "available": has_gpu,
         "reason": torch.cuda.get_device_name() if has_gpu else "no CUDA GPU visible",
     }
+    info["autotune"] = _autotune_info(has_gpu)
     return info
+
+
+def _autotune_info(has_gpu: bool) -> dict[str, object]:
+    from . import _autotune  # (it imports this module)
+
+    if not has_gpu:
+        return {"available": False, "path": None, "choices": {},
+                "reason": "auto is measured for CUDA tensors only; CPU tensors take the torch path"}
+    cached = _autotune.cached_choices("cuda", torch.cuda.current_device())
+    count = f"{len(cached['choices'])} cached choice(s) in {cached['path']}"
+    if _autotune.measuring_enabled():
+        reason = f"auto times each op's paths on the first call per shape bucket; {count}"
+    else:
+        reason = (f"{_autotune.ENV_AUTOTUNE}=0: nothing is measured; auto takes the cached choice, "
+                  f"else cuda > triton > torch; {count}")
+    return {"available": _autotune.measuring_enabled(), "reason": reason, **cached}

@@ -242,7 +242,7 @@ def test_non_contiguous_inputs(backend, device):
 def test_triton_small_tiles_poisoned_output(device):
     """16-row tiles: sequences straddle tile edges, several row and column tiles, K and the
     expert dimension masked. The output buffer starts as NaN: every element must be written."""
-    from l2rec_kernels.ops._dpmoe_triton import launch_dpmoe_linear
+    from l2rec_kernels.ops._dpmoe_linear_triton import launch_dpmoe_linear
 
     for lengths in ([5, 0, 25, 1, 39, 3], [1] * 37, [0, 50, 0]):
         case = make_case(lengths, 37, 45, 2, 3, 3, device=device)
@@ -259,7 +259,7 @@ def test_triton_small_tiles_poisoned_output(device):
 def test_triton_small_tiles_shared_and_per_row(device):
     """As above with shared experts and per-row gates; V·E·r = 80 columns is several shrink
     column tiles, of which one stores the shared columns."""
-    from l2rec_kernels.ops._dpmoe_triton import launch_dpmoe_linear
+    from l2rec_kernels.ops._dpmoe_linear_triton import launch_dpmoe_linear
 
     for lengths, E, r, shared in (([5, 0, 25, 1, 39, 3], 3, 3, 1), ([9, 14], 8, 5, 3)):
         for per_row in (False, True):
@@ -275,7 +275,7 @@ def test_triton_small_tiles_shared_and_per_row(device):
 
 
 def test_triton_out_must_match(device):
-    from l2rec_kernels.ops._dpmoe_triton import launch_dpmoe_linear
+    from l2rec_kernels.ops._dpmoe_linear_triton import launch_dpmoe_linear
 
     case = make_case([3], 16, 16, 1, 1, 1, device=device)
     with pytest.raises(ValueError, match="out must be"):
@@ -501,7 +501,8 @@ for name in ("l2rec_kernels", "l2rec_kernels.ops"):
     pkg.__path__ = list(spec.submodule_search_locations)
     sys.modules[name] = pkg
 import l2rec_kernels.ops.dpmoe_linear
-loaded = [m for m in ("triton", "torch._dynamo", "l2rec_kernels.ops._dpmoe_triton") if m in sys.modules]
+loaded = [m for m in ("triton", "torch._dynamo", "l2rec_kernels.ops._dpmoe_linear_triton")
+          if m in sys.modules]
 assert not loaded, f"importing dpmoe_linear imported {loaded}"
 """
 

@@ -68,7 +68,7 @@ _PTX = textwrap.dedent('''
               12: "            bt = tl.load(lb_ptr + b_rows)"}
     def ptx(*body):
         return "\\n".join(body)
-    loc = lambda n: f"\\t.loc\\t1 {n} 14                        // _dpmoe_triton.py:{n}:14"
+    loc = lambda n: f"\\t.loc\\t1 {n} 14                        // _dpmoe_linear_triton.py:{n}:14"
     print(g.lora_load_bytes(ptx(loc(11), "ld.global.b16 { %rs1 }, [ %rd1 + 0 ];"), source))
     cp_async = "@%p1 cp.async.cg.shared.global [ %r1 + 0 ], [ %rd2 + 0 ], 0x10, %r2;"
     print(g.lora_load_bytes(ptx(loc(10), cp_async,

@@ -161,7 +161,7 @@ def test_torch_chunk_merging(device):
 @pytest.mark.parametrize("tiles", [1, 3])
 def test_triton_slices_merge(tiles, device):
     """Many catalogue slices (programs) per query block, merged by the final topk."""
-    from l2rec_kernels.ops._topk_triton import topk_items_triton
+    from l2rec_kernels.ops.topk_items import topk_items_triton
 
     query, item_emb = make(35, 777, 16, torch.float32, device)
     exclude = random_exclude(35, 6, 777, device)
@@ -174,7 +174,9 @@ def test_triton_slices_merge(tiles, device):
 def test_triton_k_wider_than_a_tile(tiles, device):
     """K above TILE_ITEMS: the running best waits in the partials between merges. A short
     last row block (17 queries), several slices, exclusions, up to k = MAX_K."""
-    from l2rec_kernels.ops._topk_triton import MAX_K, TILE_ITEMS, topk_items_triton
+    from l2rec_kernels.ops._topk_items_triton import TILE_ITEMS
+    from l2rec_kernels.ops.topk_items import TRITON_MAX_K as MAX_K
+    from l2rec_kernels.ops.topk_items import topk_items_triton
 
     query, item_emb = make(17, 1500, 20, torch.float32, device)
     exclude = random_exclude(17, 40, item_emb.shape[0], device)
@@ -267,7 +269,7 @@ def test_triton_limits(device):
 
 # ----------------------------------------------------------------------------- registration
 def test_opcheck_registered_op(device):
-    from l2rec_kernels.ops._topk_triton import topk_items_op
+    from l2rec_kernels.ops._topk_items_triton import topk_items_op
 
     query, item_emb = make(5, 300, 24, torch.float32, device)
     exclude = random_exclude(5, 4, 300, device)
@@ -299,7 +301,8 @@ def test_bf16_on_gpu(backend, device):
 
 @pytest.mark.gpu
 def test_auto_serves_k_above_the_triton_limit(device):
-    """On CUDA "auto" is triton up to TRITON_MAX_K and the torch path above it."""
+    """On CUDA "auto" takes the faster of triton and torch (measured) up to TRITON_MAX_K and
+    the torch path above it; right either way."""
     from l2rec_kernels.ops.topk_items import TRITON_MAX_K
 
     query, item_emb = make(3, TRITON_MAX_K + 500, 32, torch.float16, device)

@@ -54,8 +54,9 @@ from triton.runtime.driver import driver
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from l2rec_kernels.ops import _dpmoe_triton, _route_triton, _topk_triton  # noqa: E402
+from l2rec_kernels.ops import _dpmoe_linear_triton, _route_triton, _topk_items_triton  # noqa: E402
 from l2rec_kernels.ops._triton_util import compile_only  # noqa: E402
+from l2rec_kernels.ops.topk_items import TRITON_MAX_K  # noqa: E402
 
 # name -> (compute capability, per-block shared memory limit in bytes: the opt-in maximum)
 TARGETS = {"sm_90a": (90, 232_448), "sm_80": (80, 166_912)}
@@ -119,7 +120,7 @@ def dpmoe_cases():
 def topk_cases():
     """Every k the op accepts (through its power-of-two bucket), d 64..256, N up to 2^20."""
     ks = sorted({1, 2, 3, 5, 10, 20, 50, 100, 128, 129, 200, 256, 500, 1000, 1024, 2000,
-                 _topk_triton.MAX_K})
+                 TRITON_MAX_K})
     for dt, k, d, n, b, x in itertools.product(DTYPES, ks, (64, 128, 256),
                                                (10_000, 1_000_000, 1 << 20), (1, 48), (0, 50)):
         yield Case("topk_items", f"{dt} k={k} d={d} N={n} B={b} X={x}", (dt, k, d, n, b, x))
@@ -141,7 +142,7 @@ def run_case(case: Case) -> None:
         x = empty(m, d_in, dtype=dtype)
         cu = torch.linspace(0, m, s + 1).to(torch.int32)
         shared = (empty(es, r, d_in, dtype=dtype), empty(es, d_out, r, dtype=dtype)) if es else (None, None)
-        _dpmoe_triton.launch_dpmoe_linear(
+        _dpmoe_linear_triton.launch_dpmoe_linear(
             x, empty(d_out, d_in, dtype=dtype), empty(d_out, dtype=dtype) if bias else None,
             empty(2, e, r, d_in, dtype=dtype), empty(2, e, d_out, r, dtype=dtype),
             empty(m if per_row else s, e, dtype=dtype), torch.zeros(s, dtype=torch.int64), cu, 2.0,
@@ -149,8 +150,8 @@ def run_case(case: Case) -> None:
     elif case.op == "topk_items":
         dt, k, d, n, b, x = case.params
         dtype = DTYPES[dt]
-        _topk_triton._topk_items_impl(empty(b, d, dtype=dtype), empty(n, d, dtype=dtype), k,
-                                      torch.zeros(b, x, dtype=torch.int64), 0)
+        _topk_items_triton._topk_items_impl(empty(b, d, dtype=dtype), empty(n, d, dtype=dtype), k,
+                                            torch.zeros(b, x, dtype=torch.int64), 0)
     elif case.op == "route":
         dt, e, top_k, s = case.params
         _route_triton._route_impl(empty(s, e, dtype=DTYPES[dt]), e if top_k is None else top_k, 1.0)

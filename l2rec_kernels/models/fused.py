@@ -18,8 +18,17 @@ It shares every tensor with the model it was made from (``from_reference``), has
 ``state_dict()`` keys and forward signature, and loads the same checkpoints.
 
 Gradients: with ``backend="torch"`` the whole forward is made of differentiable aten ops,
-so training through it gives the reference's gradients. The Triton/CUDA paths are for
-inference; ``dpmoe_linear`` and ``route`` raise a clear error if asked for gradients there.
+so training through it gives the reference's gradients. With ``backend="auto"`` (the
+default) a forward under grad mode whose experts or routers require grad takes the torch
+path for every op that carries gradients, on any device: training needs no flag. The
+Triton/CUDA paths are for inference; asked for explicitly, ``dpmoe_linear`` and ``route``
+raise a clear error if gradients are wanted there.
+
+Host syncs: on a GPU a padded forward reads no tensor value on the host, forward or
+backward, when ``validate_inputs`` is False (the input value checks are the one deliberate
+read), in training (grad) mode too: the backbone then gets a prepared 4-D attention mask
+(sdpa/eager attention), where its own mask preparation would test the 2-D mask for padding
+on the host. Packed input (flash attention) has data-dependent shapes and does sync.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import BACKENDS, resolve_backend_traceable
+from .._validation import values_are_free
 from ..ops.batch_metadata import batch_metadata
 from ..ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch
 from ..ops.route import route
@@ -43,13 +53,34 @@ PACKING_MODES = ("auto", "packed", "padded")
 _VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
-def _op_backends(backend: str) -> dict[str, str]:
-    """Which backend each op runs for a model-level backend choice."""
+def _op_backends(backend: str, grad: bool = False) -> dict[str, str]:
+    """Which backend each op runs for a model-level backend choice (``grad``: gradients flow
+    through the experts or routers, so ``auto`` takes the differentiable torch path)."""
+    if backend == "auto" and grad:
+        return {"route": "torch", "metadata": "auto", "dpmoe_linear": "torch", "topk_items": "auto"}
     if backend == "cuda":  # the extension does routing and metadata; GEMMs are Triton's
         return {"route": "cuda", "metadata": "cuda", "dpmoe_linear": "triton", "topk_items": "triton"}
     if backend == "triton":
         return {"route": "triton", "metadata": "torch", "dpmoe_linear": "triton", "topk_items": "triton"}
     return {"route": backend, "metadata": backend, "dpmoe_linear": backend, "topk_items": backend}
+
+
+def stacked_attention_mask(mask: torch.Tensor, num_views: int, impl: str,
+                           dtype: torch.dtype) -> torch.Tensor:
+    """The causal + padding attention mask of ``num_views`` stacked copies of the batch
+    ``mask`` [B, T]: [num_views·B, 1, T, T], bool (True = attend) for sdpa, additive (0 or
+    the dtype's minimum) for eager attention. Every query also sees itself, so the queries
+    of padding positions (never read) attend to something: a fully masked row would give
+    NaN, which masked-out keys would then carry into real rows (0 x NaN)."""
+    tokens = mask.shape[1]
+    keys = mask.bool().repeat(num_views, 1)[:, None, None, :]                  # [S, 1, 1, T]
+    pos = torch.arange(tokens, device=mask.device)
+    causal = pos[None, :] <= pos[:, None]                                      # [T, T]
+    allowed = (causal & keys) | torch.eye(tokens, dtype=torch.bool, device=mask.device)
+    if impl == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)
 
 
 class FusedContext(adapters.RoutingContext):
@@ -179,17 +210,19 @@ class FusedL2Rec(L2RecBase):
             raise TypeError(f"layer_shortcuts must be a bool, got {type(value).__name__}")
         self._layer_shortcuts = value
 
-    def shortcuts_for(self, seq_len: int | None = None, device: str = "cpu") -> tuple[str, ...]:
-        """Which shortcuts a forward over ``seq_len``-token prompts on ``device`` takes:
+    def shortcuts_for(self, seq_len: int | None = None, device: str = "cpu", *,
+                      grad: bool = False) -> tuple[str, ...]:
+        """Which shortcuts a forward over ``seq_len``-token prompts on ``device`` takes
+        (``grad``: a training forward, whose gradients flow through the experts or routers):
         ``"last_rows"`` (the last layer for the last rows only) and ``"shared_first_qkv"``
-        (the torch backend only). Empty when ``layer_shortcuts`` is off or the backbone does
+        (the torch path only). Empty when ``layer_shortcuts`` is off or the backbone does
         not qualify (``layer_shortcuts.structure_reason`` and ``window_reason`` say why)."""
         if not self._layer_shortcuts or self._last_layer is None:  # None: structure_reason
             return ()
         taken = []
         if layer_shortcuts.window_reason(self.backbone, seq_len) is None:
             taken.append("last_rows")
-        dpmoe = _op_backends(self._backend)["dpmoe_linear"]
+        dpmoe = _op_backends(self._backend, grad)["dpmoe_linear"]
         if dpmoe == "auto":  # "auto" never raises; an explicit backend is taken as named
             dpmoe = resolve_backend_traceable(dpmoe, device, "dpmoe_linear", ("triton", "torch"))
         if dpmoe == "torch" and self._first_qkv:
@@ -219,10 +252,16 @@ class FusedL2Rec(L2RecBase):
                       backend=_op_backends(self._backend)["route"])
         return gates.view(v, b, e)
 
+    def _wants_grad(self, gates: torch.Tensor) -> bool:
+        """Whether this forward trains: grad mode, and the gates or the experts require grad."""
+        return torch.is_grad_enabled() and (
+            gates.requires_grad or any(p.requires_grad for p in self.experts.parameters()))
+
     def _dual_hidden(self, input_ids, mask, gates):
         batch, seq = input_ids.shape
         seqs, device = NUM_VIEWS * batch, input_ids.device
-        backends = _op_backends(self._backend)
+        grad = self._wants_grad(gates)
+        backends = _op_backends(self._backend, grad)
         meta = batch_metadata(mask, num_views=NUM_VIEWS, backend=backends["metadata"])
         stacked_ids = input_ids.repeat(NUM_VIEWS, 1)                  # view-major: [2B, T]
         positions = meta.position_ids.repeat(NUM_VIEWS, 1)
@@ -236,7 +275,7 @@ class FusedL2Rec(L2RecBase):
         ctx = FusedContext(self._targets, gates.reshape(seqs, -1), meta.seq_view, cu,
                            self.config.scaling, backends["dpmoe_linear"],
                            rows_per_seq=None if packed else seq)
-        shortcuts = self.shortcuts_for(seq, device.type)
+        shortcuts = self.shortcuts_for(seq, device.type, grad=grad)
         if "shared_first_qkv" in shortcuts and (not packed or device.type == "cpu"):
             # both views' first-layer input is view 0's rows twice (reading cu_seqlens[B]
             # is a host sync on a GPU, so packed input shares only on the CPU)
@@ -259,7 +298,10 @@ class FusedL2Rec(L2RecBase):
                 hidden = base(input_ids=stacked_ids[keep][None], position_ids=positions[keep][None],
                               use_cache=False).last_hidden_state[0]
             else:
-                hidden = base(input_ids=stacked_ids, attention_mask=mask.long().repeat(NUM_VIEWS, 1),
+                attention = self._prepared_mask(mask, grad) if grad else None
+                if attention is None:
+                    attention = mask.long().repeat(NUM_VIEWS, 1)
+                hidden = base(input_ids=stacked_ids, attention_mask=attention,
                               position_ids=positions, use_cache=False).last_hidden_state
         if prune:
             last = hidden.reshape(seqs, -1)
@@ -268,6 +310,22 @@ class FusedL2Rec(L2RecBase):
         else:
             last = hidden[torch.arange(seqs, device=device), meta.last_index.repeat(NUM_VIEWS)]
         return last[:batch], last[batch:]
+
+    def _prepared_mask(self, mask: torch.Tensor, grad: bool) -> torch.Tensor | None:
+        """The stacked batch's attention mask as the backbone's attention takes it, [2B, 1,
+        T, T], for a training forward on a GPU in eager mode, or None (the backbone prepares
+        the 2-D mask itself). Hugging Face's preparation tests the 2-D mask for padding on
+        the host (a sync per forward); a prepared mask skips it. Only for the backbones the
+        layer shortcuts know (their masks are plain causal + padding), without a sliding
+        window narrower than the prompt, under sdpa or eager attention."""
+        if not grad or values_are_free(mask) or torch.compiler.is_compiling():
+            return None  # (compiled, the backbone's preparation reads no values either)
+        impl = getattr(self.backbone.config, "_attn_implementation", None)
+        if (impl not in ("sdpa", "eager") or self._last_layer is None
+                or layer_shortcuts.window_reason(self.backbone, mask.shape[1]) is not None):
+            return None
+        return stacked_attention_mask(mask, NUM_VIEWS, impl,
+                                      self.backbone.get_input_embeddings().weight.dtype)
 
     # ----------------------------------------------------------------- recommendation
     def _item_table_sources(self) -> tuple[torch.Tensor, ...]:

@@ -32,7 +32,9 @@ share of the global top-k lies within that slice's top K ≥ k.
 
 Imported only when the triton backend is asked for (TRITON_INTERPRET must be set before
 triton is imported). Importing it registers ``torch.ops.l2rec.topk_items`` (see
-``_triton_util.register_triton_op``).
+``_triton_util.register_triton_op``); ``topk_items.topk_items_triton`` checks the
+arguments against the kernel's limits (``TRITON_MAX_K``, ``TRITON_MAX_ITEMS``) and calls it.
+This module imports nothing from ``topk_items``: the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -44,9 +46,7 @@ import triton
 import triton.language as tl
 
 from ._triton_util import launch, register_triton_op
-from .topk_items import TRITON_MAX_K as MAX_K
 
-MAX_ITEMS = 2**31 - 2  # ids must fit the key's low 31 bits with room for the sentinel
 _LOW_MASK = 0xFFFFFFFF
 _ID_BASE = 0x7FFFFFFF
 _EMPTY = -(2**63)
@@ -288,25 +288,3 @@ def _topk_items_fake(query, item_emb, k, exclude, tiles_per_slice):
 
 topk_items_op = register_triton_op("topk_items", _topk_items_impl, _topk_items_fake)
 
-
-def topk_items_triton(query: torch.Tensor, item_emb: torch.Tensor, k: int,
-                      exclude: torch.Tensor | None = None,
-                      tiles_per_slice: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launcher used by ``topk_items`` (inputs validated there); inference only.
-
-    ``tiles_per_slice`` (items per program / BLOCK_N) is for tests and tuning; None picks it
-    from the device.
-    """
-    if k > MAX_K:
-        raise ValueError(f"topk_items backend='triton' supports k <= {MAX_K}, got k={k}; "
-                         "use backend='torch'")
-    if item_emb.shape[0] > MAX_ITEMS:
-        raise ValueError(f"topk_items backend='triton' supports at most {MAX_ITEMS} items, got "
-                         f"N={item_emb.shape[0]}; use backend='torch'")
-    if tiles_per_slice is not None and (isinstance(tiles_per_slice, bool)
-                                        or not isinstance(tiles_per_slice, int) or tiles_per_slice < 1):
-        raise ValueError(f"tiles_per_slice must be None or a positive int, got {tiles_per_slice!r}")
-    if exclude is None:
-        exclude = torch.empty((query.shape[0], 0), dtype=torch.int64, device=query.device)
-    with torch.no_grad():
-        return torch.ops.l2rec.topk_items(query, item_emb, k, exclude, tiles_per_slice or 0)

@@ -31,7 +31,9 @@ cost a device->host sync per forward, which this op exists to avoid.
 
 Backends: ``"torch"`` (plain aten ops, no host sync; the CPU default) and ``"cuda"`` (one
 launch of the compiled extension's ``l2rec_cuda::batch_metadata``, for at most
-``CUDA_MAX_USERS`` users; ``"auto"`` falls back to torch above that).
+``CUDA_MAX_USERS`` users). ``"auto"``: torch for CPU tensors; for CUDA tensors the faster of
+the two as measured on the first call per bucket (users and tokens rounded up to a power of
+two, views exact: ``_autotune``), torch above ``CUDA_MAX_USERS`` users.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from typing import NamedTuple
 
 import torch
 
-from .._backend import resolve_backend_traceable
+from .. import _autotune
+from .._backend import resolve_backend_traceable, usable_backends
 from .._validation import check_range, check_tensor, values_are_free
 
 MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -118,6 +121,18 @@ def batch_metadata(attention_mask: torch.Tensor, num_views: int = 2,
         which = "torch"
     if attention_mask.dtype != torch.bool and values_are_free(attention_mask):
         check_range("attention_mask", attention_mask, 0, 1)  # free on the host only
+    if backend == "auto" and _autotune.measures(attention_mask.device.type):
+        candidates = tuple(b for b in usable_backends(attention_mask.device.type, ("cuda", "torch"))
+                           if b != "cuda" or users <= CUDA_MAX_USERS)
+        which = _autotune.choose(
+            "batch_metadata", attention_mask.device, attention_mask.dtype,
+            (("users", users), ("tokens", tokens)), (("views", num_views),),
+            (which, *(b for b in candidates if b != which)), which,
+            lambda: {b: (lambda b=b: _run(b, attention_mask, num_views)) for b in ("cuda", "torch")})
+    return _run(which, attention_mask, num_views)
+
+
+def _run(which: str, attention_mask: torch.Tensor, num_views: int) -> BatchMetadata:
     if which == "cuda":
         from . import _cuda_ext  # the extension is loaded only when asked for
 

@@ -13,8 +13,12 @@ shared experts) with a per-row scaling in the middle (docs/design.md section 2):
     coef[i, (v', e, j)] = scaling · g[i, e] if v' == seq_view[s] else 0;  scaling for shared
 
 Backends: ``"torch"`` (aten ops, differentiable, the CPU default) and ``"triton"``
-(``_dpmoe_triton``: inference only, GPU or CPU under ``TRITON_INTERPRET=1``); ``"auto"`` is
-triton for CUDA tensors and torch for CPU tensors. ``"cuda"`` is not implemented for this op.
+(``_dpmoe_linear_triton``: inference only, GPU or CPU under ``TRITON_INTERPRET=1``). ``"auto"``
+is torch for CPU tensors, and torch whenever grad mode is on and an input requires grad
+(training); otherwise, for CUDA tensors, the faster of triton and torch as measured on the
+first call per bucket (rows rounded up to a power of two; d_in, d_out, V, E, r, the number
+of shared experts and the gate layout exact: ``_autotune``). ``"cuda"`` is not implemented
+for this op.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._backend import resolve_backend_traceable
+from .. import _autotune
+from .._backend import needs_grad, resolve_backend_traceable, usable_backends
 from .._validation import (
     check_finite,
     check_float,
@@ -77,6 +82,9 @@ def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     name = resolve_backend_traceable(backend, x.device.type, "dpmoe_linear", ("triton", "torch"))
     if _want_value_checks(validate, x):
         _check_values(x, lora_a, gates, seq_view, cu_seqlens)
+    if backend == "auto":
+        name = _auto_backend(name, x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
+                             float(scaling), shared_a, shared_b, per_row_gates)
     if name == "triton":
         if x.dtype not in TRITON_DTYPES:
             raise TypeError(f"backend='triton' supports x dtypes float32, float16, bfloat16 for "
@@ -87,6 +95,33 @@ def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
                               float(scaling), shared_a=shared_a, shared_b=shared_b,
                               per_row_gates=per_row_gates)
+
+
+def _auto_backend(default: str, x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
+                  scaling: float, shared_a, shared_b, per_row_gates: bool) -> str:
+    """What ``backend="auto"`` runs: torch when a gradient is wanted, else the measured
+    choice for CUDA tensors (``_autotune``), else ``default``."""
+    if needs_grad(x, weight, bias, lora_a, lora_b, gates, shared_a, shared_b):
+        return "torch"
+    if not _autotune.measures(x.device.type):
+        return default
+    candidates = tuple(b for b in usable_backends(x.device.type, ("triton", "torch"))
+                       if b != "triton" or x.dtype in TRITON_DTYPES)
+    if default not in candidates:  # e.g. fp64 on a GPU: triton cannot run it
+        default = "torch"
+    candidates = (default, *(c for c in candidates if c != default))  # ties go to the default
+    V, E, R, d_in = lora_a.shape
+    exact = (("d_in", d_in), ("d_out", weight.shape[0]), ("V", V), ("E", E), ("r", R),
+             ("Es", 0 if shared_a is None else shared_a.shape[0]), ("per_row_gates", int(per_row_gates)))
+
+    def thunks():
+        args = (x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling)
+        return {"triton": lambda: triton_op()(*args, shared_a, shared_b, per_row_gates),
+                "torch": lambda: dpmoe_linear_torch(*args, shared_a=shared_a, shared_b=shared_b,
+                                                    per_row_gates=per_row_gates)}
+
+    return _autotune.choose("dpmoe_linear", x.device, x.dtype, (("rows", x.shape[0]),), exact,
+                            candidates, default, thunks)
 
 
 # The per-view path pays a few small launches per run of same-view rows; below this many
@@ -227,7 +262,7 @@ def _row_coefficients(gates, seq_view, cu_seqlens, num_views: int, scaling: floa
 def triton_op():
     """``torch.ops.l2rec.dpmoe_linear``, registered on first use (importing the kernels
     imports triton, which must not happen at package import)."""
-    from . import _dpmoe_triton  # noqa: F401  (import registers the op)
+    from . import _dpmoe_linear_triton  # noqa: F401  (import registers the op)
 
     return torch.ops.l2rec.dpmoe_linear
 

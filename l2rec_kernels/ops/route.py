@@ -15,7 +15,10 @@ rounding can change which experts are kept.
 
 Backends: ``"torch"`` (plain aten, differentiable; the reference model trains through it),
 ``"triton"`` (one launch for all rows, inference only), ``"cuda"`` (the compiled
-extension, inference only). ``"auto"`` picks by device (see ``_backend.resolve_backend``).
+extension, inference only). ``"auto"``: torch for CPU tensors and whenever the logits require
+grad under grad mode; for CUDA tensors otherwise the fastest of cuda, triton and torch as
+measured on the first call per bucket (rows rounded up to a power of two; E and top_k
+exact: ``_autotune``).
 
 Sync policy: non-finite logits are rejected with ``ValueError`` for CPU tensors (a free
 host check). For CUDA tensors the check is skipped, because it would force a
@@ -26,12 +29,14 @@ torch path compiles into one graph.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
 import torch
 
-from .._backend import resolve_backend_traceable
+from .. import _autotune
+from .._backend import needs_grad, resolve_backend_traceable, usable_backends
 from .._validation import check_finite, check_tensor, values_are_free
 
 _GATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -95,6 +100,9 @@ def route(logits: torch.Tensor, top_k: int | None = None, temperature: float = 1
     top_k = _check_top_k(top_k, num_experts)
     temperature = _check_temperature(temperature)
     which = resolve_backend_traceable(backend, logits.device.type, "route", ("cuda", "triton", "torch"))
+    measured = backend == "auto" and _autotune.measures(logits.device.type)
+    if backend == "auto" and (needs_grad(logits) or logits.dtype not in _GATE_DTYPES):
+        which, measured = "torch", False  # the differentiable path, and the only one for fp64
     if which != "torch":
         if logits.dtype not in _GATE_DTYPES:
             raise TypeError(f"logits must have dtype float32, float16 or bfloat16 for backend="
@@ -107,6 +115,21 @@ def route(logits: torch.Tensor, top_k: int | None = None, temperature: float = 1
         check_finite("logits", logits)  # free on the host; skipped on CUDA (no sync)
     if num_rows == 0:
         return logits.new_empty((0, num_experts))
+    if measured:
+        which = _autotune.choose(
+            "route", logits.device, logits.dtype, (("rows", num_rows),),
+            (("E", num_experts), ("top_k", top_k or 0)), _candidates(logits.device.type, which),
+            which, lambda: {b: functools.partial(_run, b, logits, top_k, temperature)
+                            for b in ("cuda", "triton", "torch")})
+    return _run(which, logits, top_k, temperature)
+
+
+def _candidates(device_type: str, default: str) -> tuple[str, ...]:
+    usable = usable_backends(device_type, ("cuda", "triton", "torch"))
+    return (default, *(b for b in usable if b != default))  # ties go to the default
+
+
+def _run(which: str, logits: torch.Tensor, top_k: int | None, temperature: float) -> torch.Tensor:
     if which == "torch":
         return route_torch(logits, top_k, temperature)
     if which == "triton":

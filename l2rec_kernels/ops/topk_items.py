@@ -14,7 +14,7 @@ between equal scores come in any order; ids are distinct within a row, except fo
 
 Memory stays O(B·(chunk + k)): the torch path walks the catalogue in chunks and merges a
 running top-k; the triton path keeps a running top-k on chip per catalogue slice (see
-``_topk_triton``). Both are inference-only: results carry no gradient.
+``_topk_items_triton``). Both are inference-only: results carry no gradient.
 
 Sync policy: ``exclude`` values are range-checked ([-1, N-1]) only for CPU tensors (a
 free host check) in eager mode; for CUDA tensors the check would cost a sync, and under
@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import resolve_backend_traceable
+from .. import _autotune
+from .._backend import resolve_backend_traceable, usable_backends
 from .._validation import check_exclude, check_tensor
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -38,6 +39,9 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # query and catalogue slice, and a merge sorts one such row on chip); "auto" takes the
 # torch path above it.
 TRITON_MAX_K = 4096
+# The most items the triton kernel serves: its keys hold an item id in 31 bits, with room
+# for the empty-slot sentinel.
+TRITON_MAX_ITEMS = 2**31 - 2
 # Catalogue items scored per torch step: the [B, chunk] fp32 block is the path's largest
 # intermediate, so the chunk shrinks as the batch grows (at most 2^24 scores, 64 MiB).
 MAX_CHUNK_ITEMS = 65536
@@ -120,14 +124,52 @@ def topk_items(query: torch.Tensor, item_emb: torch.Tensor, k: int,
 
     query [B, d] and item_emb [N, d] share a dtype (fp32/fp16/bf16); 1 <= k <= N;
     exclude [B, X] integer item rows to skip (-1 = padding) or None. ``backend``: "auto",
-    "torch" or "triton" (k <= TRITON_MAX_K; "auto" takes torch above it).
+    "torch" or "triton" (k <= TRITON_MAX_K). "auto" is torch for CPU tensors; for CUDA
+    tensors the faster of triton and torch as measured on the first call per bucket (queries
+    and exclusions per query rounded up to a power of two; N, d and k exact: ``_autotune``),
+    torch where triton cannot serve k or N.
     """
     check_topk_inputs(query, item_emb, k, exclude)
     which = resolve_backend_traceable(backend, query.device.type, "topk_items", ("triton", "torch"))
-    if backend == "auto" and k > TRITON_MAX_K:
-        which = "torch"
+    if backend == "auto":
+        triton_ok = k <= TRITON_MAX_K and item_emb.shape[0] <= TRITON_MAX_ITEMS
+        candidates = tuple(b for b in usable_backends(query.device.type, ("triton", "torch"))
+                           if b != "triton" or triton_ok)
+        if which not in candidates:
+            which = "torch"
+        if _autotune.measures(query.device.type):
+            which = _autotune.choose(
+                "topk_items", query.device, query.dtype,
+                (("queries", query.shape[0]), ("exclude", 0 if exclude is None else exclude.shape[1])),
+                (("items", item_emb.shape[0]), ("d", query.shape[1]), ("k", k)),
+                (which, *(b for b in candidates if b != which)), which,
+                lambda: {"triton": lambda: topk_items_triton(query, item_emb, k, exclude),
+                         "torch": lambda: topk_items_torch(query, item_emb, k, exclude)})
     if which == "torch":
         return topk_items_torch(query, item_emb, k, exclude)
-    from ._topk_triton import topk_items_triton
-
     return topk_items_triton(query, item_emb, k, exclude)
+
+
+def topk_items_triton(query: torch.Tensor, item_emb: torch.Tensor, k: int,
+                      exclude: torch.Tensor | None = None,
+                      tiles_per_slice: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The triton path (inputs validated by ``topk_items``); inference only.
+
+    ``tiles_per_slice`` (items per program / the kernel's tile width) is for tests and
+    tuning; None picks it from the device.
+    """
+    if k > TRITON_MAX_K:
+        raise ValueError(f"topk_items backend='triton' supports k <= {TRITON_MAX_K}, got k={k}; "
+                         "use backend='torch'")
+    if item_emb.shape[0] > TRITON_MAX_ITEMS:
+        raise ValueError(f"topk_items backend='triton' supports at most {TRITON_MAX_ITEMS} items, "
+                         f"got N={item_emb.shape[0]}; use backend='torch'")
+    if tiles_per_slice is not None and (isinstance(tiles_per_slice, bool)
+                                        or not isinstance(tiles_per_slice, int) or tiles_per_slice < 1):
+        raise ValueError(f"tiles_per_slice must be None or a positive int, got {tiles_per_slice!r}")
+    from . import _topk_items_triton  # noqa: F401  (import registers torch.ops.l2rec.topk_items)
+
+    if exclude is None:
+        exclude = torch.empty((query.shape[0], 0), dtype=torch.int64, device=query.device)
+    with torch.no_grad():
+        return torch.ops.l2rec.topk_items(query, item_emb, k, exclude, tiles_per_slice or 0)
