@@ -2,7 +2,8 @@
 #   make bench   the main job: set up, then benchmark the built-in tiny model
 #   make test    set up, then run the test suite
 # Also: make serve (the HTTP recommender on 127.0.0.1:8000), make load-test, make fault-test,
-# make test-serve, make lint, make cuda-check (compile csrc/ with nvcc, no GPU needed).
+# make test-serve, make lint, make cuda-check (compile csrc/ with nvcc, no GPU needed),
+# make docs (the documentation site into site/, mkdocs --strict).
 # Each does all of its own set-up on a fresh machine, and only what it needs: a local
 # virtual environment in .venv, torch (pinned to the CPU-capable 2.13.0 wheel only when no
 # torch is present, so a machine without a GPU never downloads CUDA wheels), the package,
@@ -19,8 +20,10 @@ TORCH_PIN ?= torch==2.13.0
 # preinstalled and no network) instead of installing another one.
 VENV_FLAGS := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 CORE    := $(VENV)/.l2rec-core
+# pytest-xdist workers for `make test` (the tests that start Ray share one worker: conftest).
+TEST_WORKERS ?= auto
 
-.PHONY: setup test test-serve bench serve load-test fault-test cuda-check gpu-compile-check lint clean
+.PHONY: setup test test-serve bench serve load-test fault-test cuda-check gpu-compile-check lint docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -47,8 +50,8 @@ setup: $(VENV)/.l2rec-test $(VENV)/.l2rec-bench $(VENV)/.l2rec-plot $(VENV)/.l2r
 
 # The whole suite, the serving tests on Ray included (the serve extra): the Ray Serve app,
 # the real-checkpoint recipe over HTTP and the small fault scenarios (tests/test_faults.py).
-test: $(VENV)/.l2rec-test $(VENV)/.l2rec-serve
-	$(PY) -m pytest -q tests
+test: $(VENV)/.l2rec-test
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # Only the serving tests (Ray app, HTTP API, fuzzing, faults, the real-checkpoint recipe).
 test-serve: $(VENV)/.l2rec-test $(VENV)/.l2rec-serve
@@ -68,8 +71,17 @@ load-test: $(VENV)/.l2rec-serve
 # Fault scenarios on loopback (bench/fault_test.py): overload (200s or fast 503s with
 # Retry-After), a SIGKILLed replica, a two-node Ray cluster losing its worker node. A few
 # minutes in all; results in bench/results/fault_test.{json,csv,md}; fails on a failed check.
-fault-test: $(VENV)/.l2rec-serve
+# batch-node-loss (the batch extra): batch scoring on that cluster loses the worker node mid-run.
+fault-test: $(VENV)/.l2rec-serve $(VENV)/.l2rec-batch
 	$(PY) bench/fault_test.py --all
+
+# Offline batch scoring on Ray Data with the built-in tiny model (python -m l2rec_serving.batch):
+# a synthetic users file (2000 users, a few bad rows among them) scored by 2 actors of 1 thread
+# into $(SCORE_OUT): scores/, rejected/, _manifest.json (replaced if there). docs/batch-scoring.md.
+SCORE_OUT ?= build/score-demo
+.PHONY: score-demo
+score-demo: $(VENV)/.l2rec-batch
+	$(PY) -m l2rec_serving.batch --out $(SCORE_OUT) --overwrite --k 10 --actors 2 --threads 1
 
 # Compile every csrc/ source for sm_90a (nvcc; the host compiler for .cpp) against the
 # installed torch's headers, warnings as errors; link the extension in a temporary
@@ -86,5 +98,26 @@ gpu-compile-check: $(VENV)/.l2rec-triton
 lint: $(VENV)/.l2rec-test
 	$(PY) -m ruff check .
 
+# The documentation site (mkdocs.yml, pages under docs/, the API reference generated from the
+# docstrings) into site/ (git-ignored). --strict: a broken link, anchor or API reference fails.
+# (NO_MKDOCS_2_WARNING: Material's end-of-life banner, not a build warning.)
+docs: $(VENV)/.l2rec-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Train on the demo fixture (tests/data/interactions/ml-demo: 300 users, 150 items, the
+# MovieLens-1M layout) with the tiny backbone, then evaluate on its test split next to
+# most-popular and random; fails unless the model beats both on HR@10 and NDCG@10. One CPU
+# thread: these tiny GEMMs gain nothing from a second one, which only contends with anything
+# else running (docs/training.md). About a minute on 2 cores.
+.PHONY: train-demo
+TRAIN_DEMO_OUT ?= build/train-demo
+train-demo: $(VENV)/.l2rec-train
+	rm -rf $(TRAIN_DEMO_OUT)
+	L2REC_THREADS=1 $(PY) -m l2rec_kernels.train --data movielens:tests/data/interactions/ml-demo \
+		--backbone tiny --out $(TRAIN_DEMO_OUT) --epochs 2 --lr 3e-3 --max-history 10 --batch-size 32 \
+		--no-progress --logging-steps 50
+	L2REC_THREADS=1 $(PY) -m l2rec_kernels.evaluate --checkpoint $(TRAIN_DEMO_OUT) \
+		--json $(TRAIN_DEMO_OUT)/test_metrics.json --require-beating-baselines

@@ -1,0 +1,76 @@
+"""``L2RecCollator``: a list of ``Example``s -> the model's input tensors.
+
+For each example (``l2rec_kernels.data.Example``: user, history, target, seen):
+
+* ``input_ids``, ``attention_mask`` [B, T]: the prompt the server would build for that
+  history (``prompt_builder``, e.g. ``TitlePromptBuilder``), left-padded with token 0 to the
+  longest prompt of the batch (the model reads each prompt's last token);
+* ``history_ids`` [B, max_history]: the last ``max_history`` history items, 0-padded on the
+  right (the view encoders follow the padding mask, either side works);
+* ``labels`` [B]: the target item ids (whole-catalogue cross-entropy);
+* ``seen`` [B, S]: every item the user had before the target, 0-padded: evaluation
+  excludes them from the ranking (the training loss ignores them);
+* ``candidates`` [B, C], only when the examples carry them (``SampledExample``): the
+  sampled protocol's candidate items, the target first.
+
+It depends on nothing but its prompt builder, so a Trainer (any rank, any batch order)
+gets the same tensors for the same examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from ..models.inputs import pad_rows
+
+
+class SampledExample(NamedTuple):
+    """An example with the sampled protocol's candidates (the target first)."""
+
+    example: object  # an Example
+    candidates: list[int]
+
+
+def _padded(rows: Sequence[Sequence[int]], width: int | None = None) -> torch.Tensor:
+    width = max(width or 0, max((len(r) for r in rows), default=0), 1)
+    out = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out
+
+
+class L2RecCollator:
+    """Examples -> ``{input_ids, attention_mask, history_ids, labels, seen[, candidates]}``."""
+
+    def __init__(self, prompt_builder: Callable[[Sequence[int]], list[int]], max_history: int) -> None:
+        if not callable(prompt_builder):
+            raise TypeError(f"prompt_builder must be callable (history -> token ids), got "
+                            f"{type(prompt_builder).__name__}")
+        if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
+            raise ValueError(f"max_history must be a positive int, got {max_history!r}")
+        self.prompt_builder, self.max_history = prompt_builder, max_history
+
+    def __call__(self, features: Sequence) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("the collator got an empty batch")
+        sampled = [f.candidates for f in features if isinstance(f, SampledExample)]
+        examples = [f.example if isinstance(f, SampledExample) else f for f in features]
+        if sampled and len(sampled) != len(features):
+            raise ValueError("a batch mixes examples with and without sampled candidates")
+        prompts = []
+        for ex in examples:
+            tokens = self.prompt_builder(ex.history)
+            if not tokens:
+                raise ValueError(f"the prompt builder returned no tokens for user {ex.user}")
+            prompts.append(tokens)
+        batch = pad_rows(prompts, side="left")
+        batch["history_ids"] = _padded([ex.history[-self.max_history:] for ex in examples], self.max_history)
+        batch["labels"] = torch.tensor([ex.target for ex in examples], dtype=torch.long)
+        batch["seen"] = _padded([ex.seen for ex in examples])
+        if sampled:
+            batch["candidates"] = torch.tensor(sampled, dtype=torch.long)
+        return batch
