@@ -37,6 +37,16 @@ two-nodes
     spread them); the worker's proxy gets a port of its own. HTTP is on 127.0.0.1; Ray's
     own ports are on this machine's address, to which Ray maps 127.0.0.1 (as a local
     ``ray.init()`` does too).
+batch-node-loss
+    Offline batch scoring on the same two-node cluster (two CPUs per node):
+    ``python -m l2rec_serving.batch --ray-address`` scores ``--batch-users`` synthetic users
+    with two actors (Ray Data spreads them, one per node: checked from their PIDs' sessions)
+    and small output files; once part of the output is staged and an actor runs on the
+    worker node, the worker node is killed (its whole session, SIGKILL). The job must still
+    publish, with every input user in the output exactly once (no missing or repeated
+    user_id, nothing rejected), within ``--batch-timeout-s``. Reported, not checked: the
+    scoring actors seen after the kill (Ray restarts the lost one where a CPU is free, which
+    on a busy head node may be after the job has finished on the head's actor).
 
 Clients are closed-loop (``--concurrency`` of them; a client sends its next request when
 the last one is answered) and never retry, so every request ends in exactly one of: ok
@@ -78,7 +88,7 @@ from _http_client import KINDS, Record  # noqa: E402, F401  (Record: for callers
 from _timing import percentile  # noqa: E402
 from load_test import client_machine, make_bodies  # noqa: E402
 
-SCENARIOS = ("overload", "replica-kill", "two-nodes")
+SCENARIOS = ("overload", "replica-kill", "two-nodes", "batch-node-loss")
 CSV_FIELDS = ["date", "scenario", "passed", "requests", "ok", "503", "5xx", "conn_error", "timeout",
               "other", "unanswered", "throughput_rps", "p50_ms", "p99_ms", "p50_503_ms", "recovery_s",
               "wall_s", "machine", "load_avg_1m", "command"]
@@ -111,6 +121,8 @@ class Config:
     # must reach this (0: reported, not checked)
     min_goodput_ratio: float = 0.0
     seed: int = 0
+    batch_users: int = 3000           # batch-node-loss: users in the job's input
+    batch_timeout_s: float = 300.0    # batch-node-loss: bound on the whole job
 
 
 def run_phase(url: str, bodies: list[dict], concurrency: int, cfg: Config,
@@ -480,6 +492,103 @@ def scenario_two_nodes(cfg: Config) -> dict:
                    phases={"before": tb, "during_kill": td, "after": ta}, summary=_combined(tb, td, ta))
 
 
+def _scorer_pids(cluster: TwoNodeCluster) -> dict[int, str]:
+    """The batch job's scoring actors (``ray::MapWorker(MapBatches(UserScorer))``) on this
+    cluster's nodes: PID -> node."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"UserScorer" not in f.read():
+                    continue
+        except OSError:
+            continue
+        node = cluster.node_of(int(entry))
+        if node is not None:
+            found[int(entry)] = node
+    return found
+
+
+def scenario_batch_node_loss(cfg: Config) -> dict:
+    """Batch scoring with one actor per node; the worker node dies mid-run; every user once."""
+    import pyarrow.parquet as pq
+    from l2rec_serving.batch.demo import write_users
+
+    t0 = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix="l2rec_fault_batch_")
+    users, out = os.path.join(tmp, "users.parquet"), os.path.join(tmp, "out")
+    n = write_users(users, cfg.batch_users, num_items=cfg.tiny_items, seed=cfg.seed)
+    log_path = os.path.join(tmp, "job.log")
+    placement, after, kill_t, running_at_kill, rc = {}, {}, None, False, None
+    try:
+        with TwoNodeCluster(cfg, cpus_per_node=2) as cluster, open(log_path, "wb") as log:
+            cluster.start()
+            env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+            env["RAY_AUTH_MODE"] = "disabled"  # as the cluster's nodes
+            # Small blocks (128 users) and files (128 rows): the job is many retryable units,
+            # and its staged parts show how far it got.
+            job = subprocess.Popen(
+                [sys.executable, "-m", "l2rec_serving.batch", "--ray-address", cluster.address,
+                 "--users", users, "--out", out, "--k", "10", "--actors", "2", "--batch-size", "4",
+                 "--rows-per-file", "128", "--tiny-items", str(cfg.tiny_items)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            started = time.monotonic()
+            try:
+                deadline = started + cfg.batch_timeout_s
+                while job.poll() is None and time.monotonic() < deadline:
+                    placement.update(_scorer_pids(cluster))
+                    staged = any(f.startswith("part-") for r, _, fs in os.walk(tmp) if ".staging-" in r
+                                 for f in fs)
+                    if staged and "worker" in _scorer_pids(cluster).values():
+                        running_at_kill = job.poll() is None
+                        kill_t = time.monotonic() - started
+                        cluster.kill_node("worker")
+                        break
+                    time.sleep(0.1)
+                while job.poll() is None and time.monotonic() < deadline:
+                    after.update({p: node for p, node in _scorer_pids(cluster).items() if p not in placement})
+                    time.sleep(0.2)
+                rc = job.poll()
+            finally:
+                if job.poll() is None:
+                    kill_session(job.pid)
+                job.wait(10)
+        wall_s = time.perf_counter() - t0
+        ids, counts = [], {}
+        if rc == 0:
+            ids = pq.read_table(os.path.join(out, "scores"), columns=["user_id"])["user_id"].to_pylist()
+            with open(os.path.join(out, "_manifest.json")) as f:
+                counts = json.load(f)["counts"]
+        with open(log_path, "rb") as f:
+            log_tail = f.read().decode(errors="replace")[-3000:]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    expected = {f"u{i}" for i in range(cfg.batch_users)}
+    missing, repeated = len(expected - set(ids)), len(ids) - len(set(ids))
+    checks = {
+        "actors_on_both_nodes": set(placement.values()) == {"head", "worker"},
+        "worker_killed_mid_run": kill_t is not None and running_at_kill,
+        "job_published": rc == 0,
+        "no_user_missing": rc == 0 and missing == 0,
+        "no_user_twice": rc == 0 and repeated == 0,
+        "counts_match": (counts.get("input"), counts.get("scored"), counts.get("rejected")) == (n, n, 0),
+    }
+    summary = {"requests": n, "ok": len(set(ids)), "other": repeated, "unanswered": missing,
+               "wall_s": round(wall_s, 3), "throughput_rps": round(len(ids) / wall_s, 1) if wall_s else 0.0,
+               "load_avg_1m": f"{os.getloadavg()[0]:.2f}"}
+    result = _result("batch-node-loss", checks, {"batch_timeout_s": cfg.batch_timeout_s}, t0,
+                     users=n, actors=2, job_rc=rc, kill_at_s=round(kill_t, 2) if kill_t is not None else None,
+                     actor_nodes={str(p): node for p, node in placement.items()},
+                     actors_after_kill={str(p): node for p, node in after.items()},
+                     missing=missing, repeated=repeated, manifest_counts=counts, recovery_s=None,
+                     summary=summary)
+    if not result["passed"]:
+        result["job_log_tail"] = log_tail
+    return result
+
+
 def _combined(*phases: dict) -> dict:
     """One row for a scenario of several phases: counts summed, latencies of the worst phase."""
     out = {k: sum(p[k] for p in phases) for k in ("requests", *KINDS, "unanswered")}
@@ -494,7 +603,7 @@ def _combined(*phases: dict) -> dict:
 
 
 RUNNERS = {"overload": scenario_overload, "replica-kill": scenario_replica_kill,
-           "two-nodes": scenario_two_nodes}
+           "two-nodes": scenario_two_nodes, "batch-node-loss": scenario_batch_node_loss}
 
 
 def run_scenario(name: str, cfg: Config) -> dict:

@@ -1,0 +1,113 @@
+"""``python -m l2rec_serving.batch``: score a whole users file offline on Ray Data.
+
+    python -m l2rec_serving.batch --checkpoint CKPT --backbone DIR --titles titles.txt \\
+        --users users.parquet --out scores/ --k 100 [--preference] [--ray-address ADDR] \\
+        [--actors N] [--batch-size B] [--threads T] [--overwrite]
+    python -m l2rec_serving.batch --out /tmp/score-demo     # the tiny model, synthetic users
+
+Without ``--checkpoint`` it scores with the built-in tiny model; without ``--users`` too, it
+first writes a synthetic users file (``--demo-users`` users plus a few bad rows) and scores
+that. Exit status: 0 when the output was published, 2 for bad command-line arguments, 1
+when the job did not publish (the message says why; the output directory is unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+
+from ..validation import DEFAULT_MAX_HISTORY_ITEMS
+from .options import DEFAULT_RETRIES, DEFAULT_ROWS_PER_FILE, BatchOptions
+from .rows import FORMATS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m l2rec_serving.batch",
+                                 description="Score every user of a users file with an L2Rec model on "
+                                             "Ray Data; the output is published whole or not at all.")
+    ap.add_argument("--users", help="users file or directory (Parquet, CSV or JSON lines) with user_id, "
+                                    "history and optionally prompt; default: a synthetic file (tiny model)")
+    ap.add_argument("--out", required=True, help="output directory: scores/, rejected/, _manifest.json")
+    ap.add_argument("--format", dest="fmt", choices=FORMATS, help="users file format (default: by extension)")
+    ap.add_argument("--checkpoint", help="L2Rec checkpoint directory (save_pretrained output)")
+    ap.add_argument("--backbone", help="Hugging Face backbone directory or hub id (safetensors)")
+    ap.add_argument("--titles", help="item titles (JSON list or one per line) to build prompts from "
+                                     "histories; without it every row needs a prompt")
+    ap.add_argument("--prompt-template", help="prompt text with a {titles} placeholder")
+    ap.add_argument("--k", type=int, default=100, help="items per user (default 100)")
+    ap.add_argument("--preference", action="store_true", help="also write each user's preference vector")
+    ap.add_argument("--include-history", action="store_true",
+                    help="allow a user's own history items in their recommendations (default: excluded)")
+    ap.add_argument("--ray-address", help="join this Ray cluster (e.g. auto) instead of starting a local one")
+    ap.add_argument("--actors", type=int, default=1, help="model actors (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per actor (default 1); "
+                                                           "actors x threads = the cores to use")
+    ap.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0)")
+    ap.add_argument("--batch-size", type=int, default=32, help="users per forward (default 32)")
+    ap.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                    help="attempts of a failed scoring call or write beyond the first "
+                         f"(default {DEFAULT_RETRIES})")
+    ap.add_argument("--rows-per-file", type=int, default=DEFAULT_ROWS_PER_FILE,
+                    help=f"least rows per output file (default {DEFAULT_ROWS_PER_FILE})")
+    ap.add_argument("--max-history-items", type=int, default=DEFAULT_MAX_HISTORY_ITEMS,
+                    help=f"longer histories are rejected (default {DEFAULT_MAX_HISTORY_ITEMS})")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing output directory (atomically, once this run has succeeded)")
+    ap.add_argument("--device", default="auto", help="auto (cuda where an actor has a GPU), cpu, cuda")
+    ap.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    ap.add_argument("--tiny-items", type=int, default=200, help="catalogue size of the tiny model")
+    ap.add_argument("--demo-users", type=int, default=2000, help="synthetic users without --users")
+    args = ap.parse_args(argv)
+    if (args.checkpoint is None) != (args.backbone is None):
+        ap.error("--checkpoint and --backbone go together")
+    if args.checkpoint and not args.users:
+        ap.error("--users is required with --checkpoint (synthetic users are for the tiny model)")
+    if args.titles and not args.checkpoint:
+        ap.error("--titles needs --checkpoint (the tiny model has its own catalogue)")
+    try:
+        args.options = BatchOptions(k=args.k, batch_size=args.batch_size, actors=args.actors,
+                                    threads=args.threads, gpus_per_actor=args.gpus_per_actor,
+                                    preference=args.preference, exclude_history=not args.include_history,
+                                    max_history_items=args.max_history_items, retries=args.retries,
+                                    overwrite=args.overwrite, fmt=args.fmt, rows_per_file=args.rows_per_file)
+    except (TypeError, ValueError) as exc:  # the message names the option
+        ap.error(str(exc))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from ..loading import ServiceSpec
+    from .job import run_job
+
+    spec = ServiceSpec(checkpoint=args.checkpoint, backbone=args.backbone, titles=args.titles,
+                       prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
+                       tiny_num_items=args.tiny_items)
+    users = args.users
+    if users is None:
+        from .demo import write_users
+
+        users = os.path.join(tempfile.mkdtemp(prefix="l2rec_batch_demo_"), "users.parquet")
+        n = write_users(users, args.demo_users, num_items=args.tiny_items, bad_rows=True)
+        print(f"l2rec_serving.batch: wrote {n} synthetic users (a few of them bad) to {users}", flush=True)
+    command = "python -m l2rec_serving.batch " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    import ray
+
+    had_ray = ray.is_initialized()
+    try:
+        run_job(users, args.out, spec, args.options, ray_address=args.ray_address, command=command)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"l2rec_serving.batch: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not had_ray:  # (a caller's own Ray stays up)
+            ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
