@@ -12,7 +12,11 @@ its own:
 * ``dpmoe_linear``: the grouped DPMoE linear vs the reference einsum, a PEFT-style per-adapter
   loop and the plain base GEMM (bench/kernel_dpmoe_linear.py);
 * ``route``: ``route`` backends vs a plain torch softmax/top-k (bench/kernel_route.py);
-* ``topk_items``: ``topk_items`` vs ``torch.mm`` + ``torch.topk`` (bench/kernel_topk_items.py).
+* ``topk_items``: ``topk_items`` vs ``torch.mm`` + ``torch.topk`` (bench/kernel_topk_items.py);
+* ``batch_metadata``: the per-forward bookkeeping from the attention mask, torch vs the CUDA
+  extension (bench/kernel_batch_metadata.py);
+* ``train``: one optimizer step (forward with labels, backward, AdamW) of FusedL2Rec vs L2Rec
+  on the same weights and batches (bench/train_bench.py).
 
 ``--quick`` is the CPU smoke run behind ``make bench`` (one or two shapes per section).
 Without it the sweep is meant for a GPU (sizes, E, r and dtypes vary); on the CPU it runs a
@@ -51,15 +55,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import kernel_batch_metadata  # noqa: E402
 import kernel_dpmoe_linear  # noqa: E402
 import kernel_route  # noqa: E402
 import kernel_topk_items  # noqa: E402
 import model_bench  # noqa: E402
+import train_bench  # noqa: E402
 from _report import DTYPES, RunConfig, SizeError, format_table, progress, run_meta, write_csv  # noqa: E402
 
 # name -> module with AXES, default_sizes(cfg) and cases(cfg, emit, sizes) (see _report.py)
 SECTIONS = {"model": model_bench, "dpmoe_linear": kernel_dpmoe_linear, "route": kernel_route,
-            "topk_items": kernel_topk_items}
+            "topk_items": kernel_topk_items, "batch_metadata": kernel_batch_metadata, "train": train_bench}
 SET_SYNTAX = "SECTION.AXIS=V1[,V2...]"
 
 

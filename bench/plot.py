@@ -3,8 +3,9 @@
 Writes PNGs named after the CSV (``<name>_...png``, next to it unless ``--out``):
 
 * ``<name>_model_latency.png``: model median latency vs batch size per provider (p20-p80 band);
+* ``<name>_train_latency.png``: the same for the train section (one optimizer step per call);
 * ``<name>_speedup.png``: speedup over each bench's reference provider, per provider
-  (model: vs batch size; kernels: per shape);
+  (model, train: vs batch size; kernels: per shape);
 * ``<name>_<bench>_ms.png`` for each kernel bench (dpmoe_linear, route, topk_items): median ms per
   provider and shape (log scale; whiskers p20-p80).
 
@@ -41,10 +42,15 @@ def _x(r: dict) -> float:
     return float(r["x_value"])
 
 
+# ``config`` keys that are a case's check results, not its parameters (train: how far the
+# fused model's loss and gradients are from the reference's): never in labels or titles.
+CHECK_KEYS = ("loss_rel_err", "grad_rel_err", "grad_rel_err_worst", "grad_worst")
+
+
 def _config_without_x(r: dict) -> str:
     """The case's parameters except the one on the x axis, as "name=value" pairs."""
     config = json.loads(r["config"])
-    return " ".join(f"{k}={v}" for k, v in config.items() if k != r["x_name"])
+    return " ".join(f"{k}={v}" for k, v in config.items() if k != r["x_name"] and k not in CHECK_KEYS)
 
 
 def _shared_config(rows: list[dict]) -> str:
@@ -87,7 +93,12 @@ def _tight_below_suptitle(fig) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
 
 
-def plot_model(rows: list[dict], path: str) -> None:
+# Sections plotted against the batch size (users per batch), not as bars per shape.
+BY_USERS = ("model", "train")
+
+
+def plot_model(rows: list[dict], path: str, *, what: str = "model latency",
+               ylabel: str = "median latency per forward (ms)") -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, pts in _lines(rows).items():
         xs = [_x(r) for r in pts]
@@ -97,8 +108,8 @@ def plot_model(rows: list[dict], path: str) -> None:
     ax.set_xticks(sorted({_x(r) for r in rows}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("users per batch (B; the backbone sees 2B sequences)")
-    ax.set_ylabel("median latency per forward (ms)")
-    what = textwrap.fill(f"model latency: {_shared_config(rows)}, {rows[0]['dtype']}", 110)
+    ax.set_ylabel(ylabel)
+    what = textwrap.fill(f"{what}: {_shared_config(rows)}, {rows[0]['dtype']}", 110)
     ax.set_title(_title(rows, what), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -155,7 +166,7 @@ def plot_kernel_ms(rows: list[dict], bench: str, path: str) -> None:
 
 def plot_speedup(by_bench: dict[str, list[dict]], path: str) -> None:
     benches = list(by_bench)
-    heights = [4 if b == "model" else
+    heights = [4 if b in BY_USERS else
                1.2 + 0.12 * len(by_bench[b]) + 0.25 * len({_case(r) for r in by_bench[b]})
                for b in benches]
     fig, axes = plt.subplots(len(benches), 1, figsize=(10, sum(heights)),
@@ -163,7 +174,7 @@ def plot_speedup(by_bench: dict[str, list[dict]], path: str) -> None:
     for ax, bench in zip(axes[:, 0], benches):
         rows = by_bench[bench]
         ref = next((r["provider"] for r in rows if r["speedup_vs_reference"] == 1.0), "reference")
-        if bench == "model":
+        if bench in BY_USERS:
             for label, pts in _lines(rows).items():
                 ax.plot([_x(r) for r in pts], [r["speedup_vs_reference"] for r in pts], marker="o",
                         label=label)
@@ -204,10 +215,14 @@ def main(argv=None) -> int:
     if "model" in by_bench:
         written.append(stem + "_model_latency.png")
         plot_model(by_bench["model"], written[-1])
+    if "train" in by_bench:
+        written.append(stem + "_train_latency.png")
+        plot_model(by_bench["train"], written[-1], what="training step latency (forward, backward, AdamW)",
+                   ylabel="median latency per optimizer step (ms)")
     written.append(stem + "_speedup.png")
     plot_speedup(by_bench, written[-1])
     for bench, sub in by_bench.items():
-        if bench != "model":
+        if bench not in BY_USERS:
             written.append(f"{stem}_{bench}_ms.png")
             plot_kernel_ms(sub, bench, written[-1])
     for p in written:
