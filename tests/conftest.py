@@ -48,21 +48,44 @@ if not HAS_GPU:  # (when simulating, the interpreter stands in for the device: D
 DEVICE = torch.device("cuda" if HAS_GPU else "cpu")
 
 
-# Test modules that start Ray (a local instance or a loopback cluster) or bind ports: under
-# pytest-xdist (`make test` runs `-n auto --dist loadgroup`) they all run on one worker, one
-# after another, so two Ray instances never compete for the same ports, /tmp/ray sessions
-# or cores. A test module may also mark itself with `pytest.mark.xdist_group(...)`.
-RAY_MODULES = frozenset({
-    "test_serving.py", "test_faults.py", "test_serving_fuzz.py", "test_real_checkpoint.py",
-    "test_batch_scoring.py",
-})
+# Tests that start Ray (a local instance or a loopback cluster) or bind ports run in xdist
+# groups (`make test` runs `-n auto --dist loadgroup`): the tests of one group on one worker,
+# one after another, in collection order. A test is in a group when it says so itself
+# (`pytest.mark.xdist_group("ray")`), when its module is in RAY_MODULES, or when it uses a
+# fixture of RAY_FIXTURES (directly or through another fixture); the other tests of a module
+# with Ray tests (the validator and core tests of test_serving.py, say) run on any worker.
+#
+# Different groups may run at the same time, on different workers: every Ray instance of the
+# suite is its own (`ray.init(address="local")` or `ray start` with free ports and its own
+# temp dir), on free ports for Ray's own servers and for HTTP, in its own session directory;
+# the one fixed port, the dashboard agent's 52365, is taken by the first instance and the
+# others' agents go on without their HTTP endpoint (a warning; nothing here uses it). So the
+# groups are only what must share a worker: a session fixture (the one tiny_ray_server), or
+# tests that find their actors among all the processes of the machine (test_batch_scoring),
+# which must not see another test's. Three groups, so that the Ray tests, much of whose time
+# is spent waiting (a server start, a replica's replacement, a node's loss), do not all
+# queue up on one worker.
+RAY_MODULES = {
+    "test_faults.py": "ray-faults",           # its scenarios start servers and a 2-node cluster
+    "test_real_checkpoint.py": "ray-serve",   # a server over a saved checkpoint
+    "test_batch_scoring.py": "ray",           # Ray Data on a local instance in the test process
+}
+RAY_FIXTURES = {"tiny_ray_server": "ray-serve"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in RAY_MODULES and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        if item.get_closest_marker("xdist_group"):
+            continue
+        fixtures = getattr(item, "fixturenames", ())
+        group = RAY_MODULES.get(item.path.name) or next(
+            (g for name, g in RAY_FIXTURES.items() if name in fixtures), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # The users of the shared tiny_ray_server first (a stable sort: otherwise in collection
+    # order), so that it is stopped before the other Ray tests start their own servers.
+    items.sort(key=lambda item: "tiny_ray_server" not in getattr(item, "fixturenames", ()))
     needs_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     needs_interpreter = pytest.mark.skip(
         reason="CPU tensors through backend='triton' need the Triton interpreter, which conftest "
@@ -75,9 +98,116 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(needs_interpreter)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker sends its collected ids to the controller
+def pytest_collection_finish(session):
+    users = [item for item in session.items if "tiny_ray_server" in getattr(item, "fixturenames", ())]
+    _TINY_SERVER["last_user"] = users[-1] if users else None
+    if getattr(session.config.option, "loadgroup", False):  # set in xdist's workers only
+        _suffix_xdist_groups(session.items)
+
+
+def _suffix_xdist_groups(items) -> None:
+    """Make ``--dist loadgroup`` group on pytest >= 9.2 too. xdist (3.8) tells the controller a
+    test's group by appending ``@group`` to its node id in the worker, through the ``_nodeid``
+    field that pytest 9.2 no longer reads (node ids are structured there: pytest-xdist issue
+    1386), so every group would be silently spread over the workers. Where xdist's suffix did
+    not take, it is set here on the structured id; where it did (older pytest), nothing
+    changes."""
+    for item in items:
+        names = {str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                 for m in item.iter_markers("xdist_group")}
+        nodeid = item.nodeid
+        if not names or nodeid.rfind("@") > nodeid.rfind("]"):  # no group, or already suffixed
+            continue
+        suffixed = f"{nodeid}@{'_'.join(sorted(names))}"
+        node_id = getattr(item, "_id", None)
+        if node_id is not None and hasattr(type(node_id), "parse"):
+            item._id = type(node_id).parse(suffixed)
+        else:
+            item._nodeid = suffixed
+
+
 @pytest.fixture
 def device():
     return DEVICE
+
+
+def loopback_port() -> int:
+    """A free 127.0.0.1 TCP port for a test server, below the kernel's ephemeral port range.
+
+    A server learns its port (``--port``) some seconds before it binds it (Ray starts first).
+    A port from ``bind(("127.0.0.1", 0))`` lies in the ephemeral range, where Ray picks the
+    ports of its own processes (GCS, raylet, every worker) in the same way, this server's and
+    those of any other test running alongside: one of them can take it in the meantime
+    ("Failed to bind to address"). Below that range only an explicit choice can, and nothing
+    chooses these ports but this function (at random, so two workers rarely try the same)."""
+    import random
+    import socket
+
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    low = 20_000  # above the usual fixed ports (Ray's 6379, 8265, 10001; 8000, 9000)
+    for _ in range(200):
+        port = random.randrange(low, ephemeral_low) if ephemeral_low > low + 1000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
+@pytest.fixture(scope="session")
+def free_loopback_port():
+    """``loopback_port`` for the tests that start servers of their own."""
+    return loopback_port
+
+
+# conftest's one shared Ray Serve server (the tiny_ray_server fixture): the running
+# ServerProcess, and the last test (in run order) that uses it, after which it is stopped.
+TINY_SERVER_ITEMS = 60
+_TINY_SERVER: dict = {"server": None, "last_user": None}
+
+
+@pytest.fixture
+def tiny_ray_server():
+    """``python -m l2rec_serving`` over the built-in tiny model (60 items, batches of up to 8,
+    20 ms batch wait) on a free loopback port, shared by every test that only sends it
+    requests (test_serving.py, test_serving_fuzz.py): a server start (Ray, Serve, a replica)
+    costs more than all of those tests together. Started by its first user and stopped right
+    after its last one (pytest_runtest_teardown below), since even an idle Ray keeps a tenth
+    of a core busy; started again should a user come later after all (another test order).
+    Tests that change a server's state (stop it, kill a replica) or need other settings
+    start their own."""
+    pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
+    pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
+    from l2rec_serving.launch import ServerProcess
+
+    server = _TINY_SERVER["server"]
+    if server is None or server.proc is None or server.proc.poll() is not None:
+        _stop_tiny_server()
+        server = ServerProcess(["--tiny-items", str(TINY_SERVER_ITEMS), "--max-batch-size", "8",
+                                "--batch-wait-ms", "20"], port=loopback_port())
+        _TINY_SERVER["server"] = server
+        server.start()
+    return server
+
+
+def _stop_tiny_server() -> None:
+    server, _TINY_SERVER["server"] = _TINY_SERVER["server"], None
+    if server is not None:
+        server.__exit__(None, None, None)  # SIGTERM (then SIGKILL if it hangs); closes its log
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    if item is _TINY_SERVER["last_user"]:
+        _stop_tiny_server()
+
+
+def pytest_sessionfinish(session):
+    _stop_tiny_server()  # whatever happened: no server left behind
 
 
 @pytest.fixture(autouse=True)

@@ -128,7 +128,7 @@ def test_histories_file_and_synthetic_users(tmp_path):
         example.parse_args(["--backbone", "d", "--items", "t", "--out", "o", "--steps", "0"])
 
 
-def test_served_over_http(run):
+def test_served_over_http(run, free_loopback_port):
     """``python -m l2rec_serving --checkpoint CKPT --backbone DIR --titles titles.txt`` on a
     free loopback port: one /recommend in the documented format, the same answer."""
     pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
@@ -139,7 +139,7 @@ def test_served_over_http(run):
     history = result["histories"][0]
     args = ["--checkpoint", str(ckpt), "--backbone", str(backbone), "--titles", str(titles),
             "--device", "cpu"]
-    with ServerProcess(args, start_timeout_s=150, stop_timeout_s=30) as server:
+    with ServerProcess(args, port=free_loopback_port(), start_timeout_s=150, stop_timeout_s=30) as server:
         info = httpx.get(server.url + "/healthz", timeout=30).json()
         assert info["num_items"] == len(TITLES) and info["builds_prompts"]
         r = httpx.post(server.url + "/recommend", json={"history": history, "k": K, "exclude_history": True},

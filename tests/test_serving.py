@@ -341,15 +341,23 @@ def test_async_batcher_does_not_wait_when_alone_forever():
 
 
 # ----------------------------------------------------------------------------- Ray Serve app
+@pytest.fixture
+def ray_server(tiny_ray_server):
+    """``python -m l2rec_serving`` on a free 127.0.0.1 port over the tiny model of NUM_ITEMS
+    items, batches of up to 8: conftest's one shared server (the fuzz tests use it too), so
+    these tests only send it requests (test_ray_server_health checks it serves NUM_ITEMS)."""
+    return tiny_ray_server
+
+
 @pytest.fixture(scope="module")
-def ray_server():
-    """``python -m l2rec_serving`` on a free 127.0.0.1 port, started once for this module."""
+def overload_server(free_loopback_port):
+    """A second server that admits one request at a time and holds it ~300 ms waiting for a
+    batch (the overload test), stopped by test_ray_server_stops_cleanly."""
     pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
-    pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
     from l2rec_serving.launch import ServerProcess
 
-    with ServerProcess(["--tiny-items", str(NUM_ITEMS), "--max-batch-size", "8",
-                        "--batch-wait-ms", "20"]) as server:
+    with ServerProcess(["--tiny-items", str(NUM_ITEMS), "--max-batch-size", "4", "--batch-wait-ms", "300",
+                        "--max-queued", "1", "--retry-after-s", "2"], port=free_loopback_port()) as server:
         yield server
 
 
@@ -470,25 +478,15 @@ def test_start_without_an_address_never_joins_a_running_cluster(monkeypatch):
     assert calls[0] == {"address": "auto"}
 
 
-def test_ray_server_stops_cleanly(ray_server):
-    import httpx
-
-    assert ray_server.stop() == 0
-    with pytest.raises(httpx.TransportError):
-        httpx.get(ray_server.url + "/healthz", timeout=5)
-
-
-def test_ray_server_overload_is_a_fast_503_with_retry_after():
+@pytest.mark.xdist_group("ray-serve")  # starts a server of its own (conftest: groups)
+def test_ray_server_overload_is_a_fast_503_with_retry_after(overload_server):
     """A second server that admits one request at a time and holds it ~300 ms waiting for a
     batch: of 12 concurrent requests the first is admitted and the rest, arriving while
     it waits, are refused at once with our 503 (not queued in Ray's proxy)."""
-    pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
     import httpx
-    from l2rec_serving.launch import ServerProcess
 
-    with ServerProcess(["--tiny-items", str(NUM_ITEMS), "--max-batch-size", "4", "--batch-wait-ms", "300",
-                        "--max-queued", "1", "--retry-after-s", "2"]) as server, \
-            httpx.Client(timeout=60) as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
+    server = overload_server
+    with httpx.Client(timeout=60) as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
         assert client.post(server.url + "/recommend", json=USERS[0]).status_code == 200  # warm
 
         def post(user):
@@ -506,3 +504,14 @@ def test_ray_server_overload_is_a_fast_503_with_retry_after():
                 assert seconds < 0.3 + 1.0  # refused, not made to wait for the admitted one's batch
         # and it serves again once the burst is over
         assert client.post(server.url + "/recommend", json=USERS[1]).status_code == 200
+
+
+@pytest.mark.xdist_group("ray-serve")  # starts a server of its own (conftest: groups)
+def test_ray_server_stops_cleanly(overload_server):
+    """SIGTERM: Serve and its local Ray shut down, the process exits 0 and the port stops
+    answering (the overload test's server, after its burst; the shared one stays up)."""
+    import httpx
+
+    assert overload_server.stop() == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(overload_server.url + "/healthz", timeout=5)

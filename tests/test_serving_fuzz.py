@@ -6,8 +6,8 @@ every run), no example database, no shrinking-time surprises (``deadline`` off, 
 
 * in-process, without Ray: the FastAPI example's app over the tiny model, through
   schemathesis's ASGI client (part of ``make test``);
-* one smaller run against a live Ray Serve server (``python -m l2rec_serving``), skipped
-  without Ray.
+* one smaller run against a live Ray Serve server (``python -m l2rec_serving``: conftest's
+  ``tiny_ray_server``, shared with test_serving.py), skipped without Ray.
 """
 
 from __future__ import annotations
@@ -98,11 +98,9 @@ def test_fuzz_in_process():
     assert recommend.get(200, 0) > 0 and recommend.get(422, 0) > 0, seen
 
 
-def test_fuzz_live_ray_server():
-    pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
-    from l2rec_serving.launch import ServerProcess
-
-    with ServerProcess(["--tiny-items", str(NUM_ITEMS), "--batch-wait-ms", "1"]) as server:
-        schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
-        seen = fuzz(schema, max_examples=80)
+def test_fuzz_live_ray_server(tiny_ray_server):
+    """conftest's shared server (the tiny model of NUM_ITEMS items), which test_serving.py
+    also sends requests to: the cases come one at a time, so they never overload it."""
+    schema = schemathesis.openapi.from_url(tiny_ray_server.url + "/openapi.json")
+    seen = fuzz(schema, max_examples=80)
     assert any(path == "/recommend" and status == 200 for path, status in seen), seen
