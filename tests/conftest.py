@@ -18,6 +18,7 @@ a GPU machine while tensors stay on the CPU.
 import os
 import sys
 
+import interpreter_patching
 import pytest
 import torch
 from hypothesis import settings
@@ -44,6 +45,9 @@ if not HAS_GPU:  # (when simulating, the interpreter stands in for the device: D
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("triton was imported before tests/conftest.py could set TRITON_INTERPRET=1")
     os.environ["TRITON_INTERPRET"] = "1"
+    # The interpreter's builtins patched once per launch instead of once per device-function
+    # call (a speed-up only: tests/interpreter_patching.py); nothing without triton.
+    interpreter_patching.install()
 
 DEVICE = torch.device("cuda" if HAS_GPU else "cpu")
 
