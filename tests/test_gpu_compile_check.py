@@ -28,18 +28,18 @@ _RULES = textwrap.dedent("""
     good = {"target": "sm_90a", "kernel": "k", "case": "bf16 M=4096", "dtype": "bf16",
             "op": "dpmoe_linear",
             "kwargs": {"BLOCK_M": 128}, "seconds": 1.0, "shared": 1000, "regs": 100,
-            "stack": 0, "matrix": "HGMMA", "ldg_u16": 0, "ld128": 8, "lora_bytes": 16}
+            "stack": 0, "matrix": "wgmma", "ldg_u16": 0, "ld128": 8, "lora_bytes": 16}
     variants = {
         "good": {},
         "smem": {"shared": 232449},
         "slow": {"seconds": 61.0},
         "spill": {"stack": 8},
-        "no_wgmma": {"matrix": "HMMA"},
+        "no_wgmma": {"matrix": "mma"},
         "scalar_lora": {"lora_bytes": 2},
         "error": {"error": "RuntimeError: boom"},
         "fp32_no_wgmma": {"case": "fp32 M=4096", "dtype": "fp32", "matrix": "-"},
-        "sm80_hmma": {"target": "sm_80", "matrix": "HMMA", "shared": 166912},
-        "sm80_smem": {"target": "sm_80", "matrix": "HMMA", "shared": 166913},
+        "sm80_hmma": {"target": "sm_80", "matrix": "mma", "shared": 166912},
+        "sm80_smem": {"target": "sm_80", "matrix": "mma", "shared": 166913},
         "topk_small_k_spill": {"op": "topk_items", "kwargs": {"LOG_K": 7}, "stack": 16},
         "topk_wide_k_spill": {"op": "topk_items", "kwargs": {"LOG_K": 10}, "stack": 16},
     }
@@ -75,13 +75,22 @@ _PTX = textwrap.dedent('''
                                 loc(12), "@%p2 ld.global.v2.b32 { %r3, %r4 }, [ %rd3 + 0 ];"), source))
     print(g.lora_load_bytes(ptx(loc(12), "@%p2 ld.global.v4.b32 { %r3, %r4, %r5, %r6 }, [ %rd3 + 0 ];",
                                 loc(10), "@%p1 ld.global.b16 { %rs1 }, [ %rd1 + 0 ];"), source))
+    # the columns read from the PTX: matrix instruction, scalar 16-bit and 128-bit global loads
+    def counts(*body):
+        c = g.ptx_instructions(ptx(*body))
+        print(f"{c['matrix']},{c['ldg_u16']},{c['ld128']}")
+    counts("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {...};", cp_async, cp_async,
+           "@%p3 ld.global.L1::evict_last.b16 { %rs2 }, [ %rd4 + 0 ];", "ld.shared.v4.b32 {...};")
+    counts("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {...};",
+           "ld.global.v2.b16 { %rs1, %rs2 }, [ %rd1 + 0 ];", "ld.global.v4.b32 {...}, [ %rd2 + 0 ];")
+    counts("ld.global.b32 { %r1 }, [ %rd1 + 0 ];")
 ''')
 
 
-def test_lora_load_width_from_ptx_line_info():
+def test_lora_load_width_and_load_counts_from_ptx():
     proc = run_python(_PTX)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["None", "8", "2"]
+    assert proc.stdout.split() == ["None", "8", "2", "wgmma,1,2", "mma,0,1", "-,0,0"]
 
 
 def test_smoke_compile_for_hopper(tmp_path):

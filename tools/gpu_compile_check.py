@@ -14,9 +14,11 @@ This check compiles what a GPU launch would build and reads the result:
 2. **Sampled down to distinct specialisations.** Launches that Triton would compile to the
    same binary (same kernel, constexprs, options, dtypes, pointer alignment and integer
    specialisations: value 1, multiple of 16) are compiled once, in parallel workers.
-3. **Read back** with ``cuobjdump`` (shipped in the triton wheel): registers, stack frame
-   (spills), the matrix instruction in the SASS (HGMMA = wgmma, HMMA = mma.sync), and the
-   width of the global loads; shared memory from the compiled kernel's metadata.
+3. **Read back**: registers and stack frame (spills) from the cubin (``cuobjdump
+   -res-usage``, shipped in the triton wheel); the matrix instruction (wgmma.mma_async,
+   which is HGMMA in the SASS, or mma.sync, HMMA) and the width of the global loads from the
+   PTX (``--sass``: from the SASS, ten times slower); shared memory from the compiled
+   kernel's metadata.
 
 It fails (exit 1) on a compile error; shared memory above the target's per-block limit;
 any stack frame in a dpmoe kernel or in a topk kernel with k <= 128; a 16-bit dpmoe
@@ -207,25 +209,58 @@ def _cuobjdump() -> str:
     return bundled if os.path.exists(bundled) else (shutil.which("cuobjdump") or "cuobjdump")
 
 
-def inspect_cubin(cubin: bytes) -> dict:
+def _dump(cubin: bytes, flag: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        tool = _cuobjdump()
-        res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True,
-                             check=True).stdout
-        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True,
+        return subprocess.run([_cuobjdump(), flag, f.name], capture_output=True, text=True,
                               check=True).stdout
-    regs = int(re.search(r"REG:(\d+)", res).group(1))
-    stack = int(re.search(r"STACK:(\d+)", res).group(1))
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and the stack frame (bytes; > 0 means spills), as ptxas
+    allocated them: ``cuobjdump -res-usage`` reads them from the cubin in milliseconds."""
+    res = _dump(cubin, "-res-usage")
+    return {"regs": int(re.search(r"REG:(\d+)", res).group(1)),
+            "stack": int(re.search(r"STACK:(\d+)", res).group(1))}
+
+
+# a global load: ld.global with its qualifiers (cache hints such as L1::evict_last included),
+# or an asynchronous copy from global into shared memory
+_GLOBAL_LOAD = re.compile(r"(ld\.global[.\w:]*|cp\.async\.c[ag]\.shared\.global)")
+
+
+def ptx_instructions(ptx: str) -> dict:
+    """The matrix instruction (``wgmma`` = wgmma.mma_async, which ptxas turns into HGMMA;
+    ``mma`` = mma.sync, HMMA; ``-`` = none), the scalar 16-bit global loads and the 128-bit
+    ones (vector loads and 16-byte cp.async), counted in the PTX.
+
+    The PTX, not the SASS: ptxas lowers each of these one to one in kind (it neither
+    widens nor narrows a load, nor swaps wgmma for mma.sync), and disassembling a cubin costs
+    nvdisasm about half a CPU-second each, most of the whole check's time (``--sass`` reads
+    the SASS instead, for a cross-check; the counts there are of instructions after ptxas's
+    unrolling and scheduling, so they differ in number, not in being zero or not)."""
+    matrix = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "-"
+    scalar16 = vector = 0
+    for line in ptx.splitlines():
+        load = _GLOBAL_LOAD.search(line)
+        if load:
+            width = _load_bytes(load.group(1), line)
+            scalar16 += width == 2 and load.group(1).startswith("ld.global")
+            vector += width == 16
+    return {"matrix": matrix, "ldg_u16": scalar16, "ld128": vector}
+
+
+def sass_instructions(cubin: bytes) -> dict:
+    """``ptx_instructions``' counts from the SASS (``cuobjdump -sass``), with the same names
+    for the matrix instruction (HGMMA -> wgmma, HMMA -> mma)."""
+    sass = _dump(cubin, "-sass")
     ops = collections.Counter(re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass))
     names = " ".join(ops)
-    matrix = "HGMMA" if "HGMMA" in names else "HMMA" if "HMMA" in names else "-"
+    matrix = "wgmma" if "HGMMA" in names else "mma" if "HMMA" in names else "-"
     scalar16 = sum(n for op, n in ops.items() if op.startswith("LDG") and (".U16" in op or ".S16" in op))
     vector = sum(n for op, n in ops.items() if op.startswith(("LDG", "LDGSTS")) and op.endswith(".128"))
-    spills = sum(n for op, n in ops.items() if op.startswith(("LDL", "STL")))
-    return {"regs": regs, "stack": stack, "matrix": matrix, "ldg_u16": scalar16,
-            "ld128": vector, "local_ops": spills}
+    return {"matrix": matrix, "ldg_u16": scalar16, "ld128": vector}
 
 
 # the lines that read lora_a / lora_b / shared_a / shared_b
@@ -266,7 +301,7 @@ def _source_lines(kernel) -> dict[int, str]:
     return {first + i: text for i, text in enumerate(lines)}
 
 
-def compile_case(target_name: str, case: Case, wanted: list[tuple]) -> list[dict]:
+def compile_case(target_name: str, case: Case, wanted: list[tuple], read_sass: bool = False) -> list[dict]:
     """Compile the launches of ``case`` whose keys are in ``wanted`` for ``target_name``."""
     capability, _ = TARGETS[target_name]
     driver.set_active(StandInDriver(capability))
@@ -297,7 +332,9 @@ def compile_case(target_name: str, case: Case, wanted: list[tuple]) -> list[dict
             return
         row["seconds"] = time.perf_counter() - t0
         row["shared"] = compiled.metadata.shared
-        row.update(inspect_cubin(compiled.asm["cubin"]))
+        row.update(resource_usage(compiled.asm["cubin"]))
+        row.update(sass_instructions(compiled.asm["cubin"]) if read_sass
+                   else ptx_instructions(compiled.asm["ptx"]))
         row["lora_bytes"] = lora_load_bytes(compiled.asm["ptx"], _source_lines(kernel))
         rows.append(row)
 
@@ -327,8 +364,8 @@ def _config_text(kwargs) -> str:
 
 
 def _worker(job):
-    target_name, case, wanted = job
-    return compile_case(target_name, case, wanted)
+    target_name, case, wanted, read_sass = job
+    return compile_case(target_name, case, wanted, read_sass)
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -348,7 +385,7 @@ def problems(row: dict) -> list[str]:
         elif row["op"] == "topk_items" and 2 ** kw["LOG_K"] <= 128:
             found.append(f"spills at K={2 ** kw['LOG_K']}: {row['stack']} B stack")
     if row["op"] == "dpmoe_linear" and row["dtype"] != "fp32" and row["target"] == "sm_90a":
-        if kw["BLOCK_M"] >= 64 and row["matrix"] != "HGMMA":
+        if kw["BLOCK_M"] >= 64 and row["matrix"] != "wgmma":
             found.append(f"no wgmma (matrix instruction {row['matrix']})")
         if row["lora_bytes"] is not None and row["lora_bytes"] < 4:
             found.append(f"scalar LoRA operand loads ({row['lora_bytes']} B per load)")
@@ -364,6 +401,9 @@ def main(argv=None) -> int:
     parser.add_argument("--first", type=int, default=0,
                         help="compile only the first N distinct specialisations of each op "
                              "(a quick smoke run; 0 = all)")
+    parser.add_argument("--sass", action="store_true",
+                        help="count the matrix instruction and the loads in the SASS (nvdisasm, "
+                             "about 0.5 CPU-s per kernel) instead of the PTX")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_compile_check.md"))
     args = parser.parse_args(argv)
     targets = args.targets.split(",")
@@ -394,7 +434,7 @@ def main(argv=None) -> int:
     by_case = collections.defaultdict(list)
     for key, case in first_case.items():
         by_case[case].append(key)
-    jobs = [(t, case, keys) for t in targets for case, keys in by_case.items()]
+    jobs = [(t, case, keys, args.sass) for t in targets for case, keys in by_case.items()]
     # Slow compiles (topk with a wide k) first, so the pool does not end on one long job.
     jobs.sort(key=lambda j: (j[1].op != "topk_items", -j[1].params[1] if j[1].op == "topk_items" else 0))
     print(f"{sum(cases_per_op.values())} grid points, {sum(launches_per_op.values())} launches, "
@@ -413,7 +453,7 @@ def main(argv=None) -> int:
 
     rows.sort(key=lambda r: (r["target"], r["op"], r["kernel"], r["case"]))
     failures = [(r, p) for r in rows for p in problems(r)]
-    table = render(rows, failures, cases_per_op, targets, time.perf_counter() - t_start)
+    table = render(rows, failures, cases_per_op, targets, time.perf_counter() - t_start, args.sass)
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -422,7 +462,7 @@ def main(argv=None) -> int:
     return 1 if failures else 0
 
 
-def render(rows, failures, cases_per_op, targets, seconds) -> str:
+def render(rows, failures, cases_per_op, targets, seconds, sass: bool = False) -> str:
     today = datetime.date.today().isoformat()
     lines = [
         "# GPU compile check",
@@ -434,10 +474,11 @@ def render(rows, failures, cases_per_op, targets, seconds) -> str:
         + f"; {len(rows)} distinct compiles.",
         "",
         "Columns: registers per thread, stack frame bytes (spills), shared memory bytes, the "
-        "matrix instruction in the SASS, scalar 16-bit global loads, 128-bit global loads "
-        "(LDG/LDGSTS), the narrowest load of a LoRA operand in bytes per thread (from the PTX "
-        "line info; `-` where the kernel reads none), compile seconds. One row per distinct "
-        "specialisation; `case` is the first grid point that needed it.",
+        "matrix instruction (wgmma, mma.sync or none), scalar 16-bit global loads and 128-bit "
+        f"global loads (these three counted in the {'SASS' if sass else 'PTX'}), the narrowest "
+        "load of a LoRA operand in bytes per thread (from the PTX line info; `-` where the "
+        "kernel reads none), compile seconds. One row per distinct specialisation; `case` is "
+        "the first grid point that needed it.",
         "",
         "| target | kernel | case | config | regs | stack | smem | mma | ldg16 | ld128 | lora B | s |",
         "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
