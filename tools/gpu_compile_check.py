@@ -235,11 +235,11 @@ def ptx_instructions(ptx: str) -> dict:
     ``mma`` = mma.sync, HMMA; ``-`` = none), the scalar 16-bit global loads and the 128-bit
     ones (vector loads and 16-byte cp.async), counted in the PTX.
 
-    The PTX, not the SASS: ptxas lowers each of these one to one in kind (it neither
-    widens nor narrows a load, nor swaps wgmma for mma.sync), and disassembling a cubin costs
-    nvdisasm about half a CPU-second each, most of the whole check's time (``--sass`` reads
-    the SASS instead, for a cross-check; the counts there are of instructions after ptxas's
-    unrolling and scheduling, so they differ in number, not in being zero or not)."""
+    The PTX, not the SASS, because disassembling a cubin costs nvdisasm about half a
+    CPU-second, most of the whole check's time. ptxas keeps these in kind: wgmma becomes
+    HGMMA, mma.sync HMMA, and a load keeps its width. The counts differ in number from the
+    SASS's (unrolling, scheduling), not in being zero or not: on the full grid the two
+    readings agree on every row (docs/gpu.md). ``--sass`` reads the SASS instead."""
     matrix = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "-"
     scalar16 = vector = 0
     for line in ptx.splitlines():
