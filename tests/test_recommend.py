@@ -69,6 +69,23 @@ def test_one_user():
     check_against_oracle(ref, fused, batch(1), 5, True)
 
 
+def test_return_preference_gives_the_forwards_preference_too():
+    """return_preference=True: the same top k, plus z [B, pref_dim] equal to the forward's
+    ``preference``, for the reference, the fused model and the compiled recommender."""
+    from l2rec_kernels.models.compiled import compile_for_serving
+
+    ref, fused = make_pair()
+    b = batch(3, ragged=True)
+    for model in (ref, fused, compile_for_serving(fused, backend="eager")):
+        scores, ids, z = model.recommend(**b, k=5, return_preference=True)
+        want_scores, want_ids = model.recommend(**b, k=5)
+        assert torch.equal(scores, want_scores) and torch.equal(ids, want_ids)
+        torch.testing.assert_close(z, ref(**b).preference, **TOL)
+        assert z.shape == (3, ref.config.pref_dim)
+    with pytest.raises(TypeError, match="return_preference must be a bool"):
+        fused.recommend(**b, k=5, return_preference=1)
+
+
 @pytest.mark.parametrize("k", [0, NUM_ITEMS + 1, 2.0, True])
 def test_bad_k(k):
     _, fused = make_pair()

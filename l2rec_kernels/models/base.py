@@ -232,11 +232,13 @@ class L2RecBase(nn.Module):
         return {"z": self.fusion(h_b, h_s), "gates": gates, "logits": logits, "h_b": h_b,
                 "h_s": h_s, "candidate_ids": candidate_ids, "labels": labels}
 
-    def _check_recommend_args(self, history_ids, k, exclude_history, exclude_ids) -> None:
+    def _check_recommend_args(self, history_ids, k, exclude_history, exclude_ids,
+                              return_preference=False) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
             raise ValueError(f"k must be an int in [1, num_items={self.num_items}], got {k!r}")
-        if not isinstance(exclude_history, bool):
-            raise TypeError(f"exclude_history must be a bool, got {type(exclude_history).__name__}")
+        for name, flag in (("exclude_history", exclude_history), ("return_preference", return_preference)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
         if exclude_ids is not None:  # item ids 0..num_items: the table's num_items + 1 rows
             check_exclude("exclude_ids", exclude_ids, rows=history_ids.shape[0], row_name="user",
                           num_items=self.num_items + 1, device=history_ids.device)
@@ -244,20 +246,23 @@ class L2RecBase(nn.Module):
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask, history_ids, k: int = 10,
                   exclude_history: bool = True, exclude_ids: torch.Tensor | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  return_preference: bool = False) -> tuple[torch.Tensor, ...]:
         """The k best catalogue items per user: (scores [B, k] descending, item_ids [B, k]).
 
         The padding item 0 is never returned; with ``exclude_history`` neither are the
         items in ``history_ids``, and ``exclude_ids`` [B, X] (integer, -1 = no item) adds
         per-user exclusions (e.g. a history longer than ``max_history``). When exclusions
         leave fewer than k items, the missing slots come last with score -inf and id -1.
+        ``return_preference``: also return the users' preference z [B, pref_dim] (the
+        forward's ``preference``), e.g. for an approximate-nearest-neighbour index.
 
         This is the plain formulation (every item scored, then ``torch.topk``), the oracle
         that ``FusedL2Rec.recommend`` is tested against.
         """
-        self._check_recommend_args(history_ids, k, exclude_history, exclude_ids)
+        self._check_recommend_args(history_ids, k, exclude_history, exclude_ids, return_preference)
         z, _ = self._preference(input_ids, attention_mask, history_ids)
-        return self._top_k(z, history_ids, k, exclude_history, exclude_ids)
+        scores, ids = self._top_k(z, history_ids, k, exclude_history, exclude_ids)
+        return (scores, ids, z) if return_preference else (scores, ids)
 
     def _top_k(self, z, history_ids, k: int, exclude_history: bool,
                exclude_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -207,11 +207,12 @@ class CompiledRecommender:
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask, history_ids, k: int = 10,
                   exclude_history: bool = True, exclude_ids: torch.Tensor | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  return_preference: bool = False) -> tuple[torch.Tensor, ...]:
         """``model.recommend`` with the forward compiled: same arguments, same answer."""
-        self.model._check_recommend_args(history_ids, k, exclude_history, exclude_ids)
+        self.model._check_recommend_args(history_ids, k, exclude_history, exclude_ids, return_preference)
         z, _ = self.preference(input_ids, attention_mask, history_ids)
-        return self.model._top_k(z, history_ids, k, exclude_history, exclude_ids)
+        scores, ids = self.model._top_k(z, history_ids, k, exclude_history, exclude_ids)
+        return (scores, ids, z) if return_preference else (scores, ids)
 
     def warmup(self, batch_buckets: Sequence[int] | None = None,
                length_buckets: Sequence[int] | None = None) -> int:

@@ -358,7 +358,7 @@ class FusedL2Rec(L2RecBase):
     @torch.no_grad()
     def recommend(self, input_ids, attention_mask, history_ids, k: int = 10,
                   exclude_history: bool = True, exclude_ids: torch.Tensor | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  return_preference: bool = False) -> tuple[torch.Tensor, ...]:
         """The k best catalogue items per user: (scores [B, k] descending, item_ids [B, k]).
 
         Same answer and arguments as ``L2Rec.recommend`` (scores z·e_i / τ_s; the padding
@@ -366,10 +366,12 @@ class FusedL2Rec(L2RecBase):
         ``exclude_ids`` [B, X] more per-user exclusions, -1 = none; missing slots, when
         exclusions leave fewer than k items, come last with score -inf and id -1),
         computed with the cached item table and ``topk_items``: no [B, N] score matrix.
+        ``return_preference``: also return z [B, pref_dim], as ``L2Rec.recommend`` does.
         """
-        self._check_recommend_args(history_ids, k, exclude_history, exclude_ids)
+        self._check_recommend_args(history_ids, k, exclude_history, exclude_ids, return_preference)
         z, _ = self._preference(input_ids, attention_mask, history_ids)
-        return self._top_k(z, history_ids, k, exclude_history, exclude_ids)
+        scores, ids = self._top_k(z, history_ids, k, exclude_history, exclude_ids)
+        return (scores, ids, z) if return_preference else (scores, ids)
 
     def _top_k(self, z, history_ids, k: int, exclude_history: bool,
                exclude_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,21 +86,14 @@ def model_inputs(histories: Sequence[list[int]], prompts: Sequence[list[int]], m
 
 def recommend(model, inputs: dict[str, torch.Tensor], k: int, preference: bool):
     """(scores [B, k], ids [B, k], preference [B, d] or None) on the CPU, as float32/int64
-    numpy arrays. With ``preference`` the same steps as ``model.recommend``, keeping z."""
+    numpy arrays; ``preference``: z from the same ``model.recommend`` call."""
     exclude = inputs.get("exclude_ids")
     with torch.inference_mode():
-        if not preference:
-            scores, ids = model.recommend(inputs["input_ids"], inputs["attention_mask"],
-                                          inputs["history_ids"], k=k, exclude_history=False,
-                                          exclude_ids=exclude)
-            z = None
-        else:
-            # recommend() is these three steps; it returns no z (FusedL2Rec has no public
-            # method that returns both), so the job runs them itself rather than twice.
-            model._check_recommend_args(inputs["history_ids"], k, False, exclude)
-            z, _ = model._preference(inputs["input_ids"], inputs["attention_mask"], inputs["history_ids"])
-            scores, ids = model._top_k(z, inputs["history_ids"], k, False, exclude)
-            z = z.float().cpu().numpy()
+        out = model.recommend(inputs["input_ids"], inputs["attention_mask"], inputs["history_ids"],
+                              k=k, exclude_history=False, exclude_ids=exclude,
+                              return_preference=preference)
+        scores, ids = out[0], out[1]
+        z = out[2].float().cpu().numpy() if preference else None
         return scores.float().cpu().numpy(), ids.cpu().numpy(), z
 
 
