@@ -18,8 +18,9 @@
 #                  tune (python -m l2rec_kernels.tune --shape qwen3-0.6b-paper --batch 1,16,64
 #                  --seq-len 256 --items 1000000 --k 10,100,1000: fills the backend="auto"
 #                  cache, copied to $OUT as autotune-<gpu>.json); bench-kernels (dpmoe_linear
-#                  vs F.linear vs the torch path, M = 64, 1024, 8192, 1024->3072 and
-#                  4096->4096, E = 4, r = 8, 16; topk_items vs mm + topk, N = 1M, d = 128,
+#                  vs F.linear vs the torch path, M = 64, 1024, 8192, every pair of d_in
+#                  1024, 4096 and d_out 3072, 4096 (--set takes all combinations: 1024->3072
+#                  and 4096->4096 among them), E = 4, r = 8, 16; topk_items vs mm + topk, N = 1M, d = 128,
 #                  B = 1, 64, 1024, k = 10, 100, 1000; batch_metadata); bench-model
 #                  (FusedL2Rec vs the plain backbone vs L2Rec at qwen3-0.6b-paper, B = 1, 16,
 #                  64, T = 256, eager, peak memory; the train section's optimizer step at
@@ -71,7 +72,9 @@
 #   tune           python -m l2rec_kernels.tune for $L2REC_TUNE_SHAPE (default qwen3-0.6b-paper)
 #                  at B = 1,16,64, T = 256 and the autotune cache file: tune.log,
 #                  autotune-*.json                                        at most 4
-#   all            install and every stage above but bench-custom, one after another: for a
+#   all            install, test-kernels, test-models, sanitize, bench-kernels (tune
+#                  included) and bench-model, one after another (not bench-compiled, which
+#                  compiles for minutes, nor bench-custom or the window stages): for a
 #                  machine with no call limit (about 20 files; no time limit unless
 #                  L2REC_CALL_LIMIT_S is set)
 #
