@@ -123,18 +123,17 @@ def test_a_bounded_number_of_graphs_over_many_shapes():
     assert counters["stats"]["unique_graphs"] <= 2
 
 
-@pytest.mark.parametrize("top_k", (1, 2))
+@pytest.mark.parametrize("preset", ("top_k=1", "top_k=2", "paper"))
 @torch.no_grad()
-def test_top_k_routing_and_the_paper_preset(top_k):
+def test_top_k_routing_and_the_paper_preset(preset):
     from test_paper_preset import paper_overrides
 
-    for cfg in (dict(top_k=top_k, num_experts=4), paper_overrides()):
-        model = pick("fused", **cfg)
-        runner = compile_for_serving(model, backend="eager", batch_buckets=(4,), length_buckets=(16,))
-        b = batch(3, 9, 5)
-        assert rel_err(runner(**b).gates, model(**b).gates) < TOL
-        assert_same_recommendations(runner, model, b, k=3)
-        torch._dynamo.reset()
+    cfg = paper_overrides() if preset == "paper" else dict(top_k=int(preset[-1]), num_experts=4)
+    model = pick("fused", **cfg)
+    runner = compile_for_serving(model, backend="eager", batch_buckets=(4,), length_buckets=(16,))
+    b = batch(3, 9, 5)
+    assert rel_err(runner(**b).gates, model(**b).gates) < TOL
+    assert_same_recommendations(runner, model, b, k=3)
 
 
 @torch.no_grad()
