@@ -249,11 +249,15 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: str) -> None:
+    """Write ``rows`` to ``path`` atomically (a reader, or a kill mid-write, never sees half
+    a file: the benchmark rewrites its CSV after every shape)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    os.replace(tmp, path)
 
 
 @dataclasses.dataclass

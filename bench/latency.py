@@ -47,6 +47,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
 import sys
 
 import torch
@@ -198,15 +199,35 @@ def main(argv=None) -> int:
           f"{meta['dtype']}, torch {meta['torch']}, triton {meta['triton']}, python "
           f"{platform.python_version()}, git {meta['git_sha']}; sections {','.join(sections)}"
           f"{'; sizes ' + chosen if chosen else ''}; {len(cases)} shapes", flush=True)
-    for case in progress(cases, "bench"):
-        case.run()
-    print(format_table(rows))
     kind = "gpu" if device.type == "cuda" else "cpu"
     path = os.path.join(args.out, f"latency_{kind}_{'quick' if args.quick else 'full'}_"
                                   f"{dt.datetime.now():%Y%m%d_%H%M%S}.csv")
+    # A run cut off by a time limit keeps what it measured: the CSV is rewritten after every
+    # shape (a SIGKILL loses at most the shape under way), and SIGTERM (what `timeout`
+    # sends first) ends the loop so that the table and the CSV still come out.
+    previous = signal.signal(signal.SIGTERM, _cut_off)
+    done = 0
+    try:
+        for case in progress(cases, "bench"):
+            case.run()
+            done += 1
+            write_csv(rows, path)
+    except CutOff:
+        print(f"# cut off (SIGTERM) after {done} of {len(cases)} shapes", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(format_table(rows))
     write_csv(rows, path)
     print(f"# wrote {path}")
     return 0
+
+
+class CutOff(Exception):
+    """SIGTERM during the timing loop."""
+
+
+def _cut_off(signum, frame):
+    raise CutOff
 
 
 if __name__ == "__main__":
