@@ -95,6 +95,9 @@ elif [[ " ${STAGES[*]} " == *" window-"* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-5
 else LIMIT="${L2REC_CALL_LIMIT_S:-570}"; fi
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
+# A test stage cut off at the deadline still prints its counts and failures so far
+# (tests/conftest.py turns the SIGTERM of `timeout` into pytest's Ctrl-C).
+export L2REC_TESTS_TERM_AS_INTERRUPT=1
 STATE=$(mktemp -d)            # this run's markers: install.tried, install.failed
 trap 'rm -rf "$STATE"' EXIT
 STAMP=build/gpu_session.stamp # the sources of the installed build (build/ is git-ignored)

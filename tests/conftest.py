@@ -16,6 +16,7 @@ a GPU machine while tensors stay on the CPU.
 """
 
 import os
+import signal
 import sys
 
 import interpreter_patching
@@ -35,6 +36,12 @@ _threads = os.environ.get("L2REC_THREADS", "1")
 if not _threads.isdigit() or int(_threads) < 1:
     raise RuntimeError(f"L2REC_THREADS must be a positive integer, got {_threads!r}")
 torch.set_num_threads(int(_threads))
+
+# bench/gpu_session.sh runs the tests under `timeout`, whose SIGTERM would end pytest without
+# its summary; with L2REC_TESTS_TERM_AS_INTERRUPT=1 it ends the run like Ctrl-C instead, so
+# the counts and the failures so far are still printed (xdist's workers too get it).
+if os.environ.get("L2REC_TESTS_TERM_AS_INTERRUPT") == "1":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 HAS_GPU = torch.cuda.is_available()
 # Collect and skip as on a GPU machine: with a real GPU, or simulated by tests/simulate_gpu.py.
