@@ -289,6 +289,24 @@ def default_sizes(cfg: RunConfig) -> dict[str, list]:
     return {"users": users, "shape": shapes, **{axis: [None] for axis in SHAPE_FIELDS}}
 
 
+def per_second(tokens: int, users: int):
+    """stats_rows' ``extra``: tokens/s and users/s from a provider's median milliseconds."""
+    return lambda name, s: {"tokens_per_s": tokens / s["median"] * 1e3,
+                            "users_per_s": users / s["median"] * 1e3}
+
+
+def shape_cases(section: str, grid_sizes: dict[str, list], run) -> list[Case]:
+    """A case per point of the size grid: the named shape with the point's overrides, timed
+    by ``run(shape, users)`` (the model and train sections)."""
+    out = []
+    for point in grid(grid_sizes):
+        shape = dataclasses.replace(MODEL_SHAPES[point["shape"]], **{
+            field: point[axis] for axis, field in SHAPE_FIELDS.items() if point[axis] is not None})
+        out.append(Case(f"{section} {shape.label(point['users'])}",
+                        lambda shape=shape, users=point["users"]: run(shape, users)))
+    return out
+
+
 def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Case]:
     """The model section: one case per combination of the sizes (by default per batch size)."""
     backends = fused_backends(cfg.device, cfg.quick)
@@ -298,21 +316,13 @@ def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Ca
         providers, tokens = model_providers(shape, users, cfg.device, cfg.dtype, backends,
                                             compiled=cfg.compile)
         stats = interleaved(providers, cfg.device, **timing)
-        per_s = lambda name, s: {"tokens_per_s": tokens / s["median"] * 1e3,
-                                 "users_per_s": users / s["median"] * 1e3}
         for row in stats_rows("model", shape.label(users), stats, x=("users", users),
                               config={**dataclasses.asdict(shape), "users": users}, reference="L2Rec",
-                              floor="plain_backbone_2B", dtype=cfg.dtype, extra=per_s,
+                              floor="plain_backbone_2B", dtype=cfg.dtype, extra=per_second(tokens, users),
                               providers=providers if cfg.memory else None, device=cfg.device):
             emit(row)
         del providers
         if cfg.cuda:
             torch.cuda.empty_cache()
 
-    out = []
-    for point in grid(all_sizes(default_sizes(cfg), sizes)):
-        shape = dataclasses.replace(MODEL_SHAPES[point["shape"]], **{
-            field: point[axis] for axis, field in SHAPE_FIELDS.items() if point[axis] is not None})
-        out.append(Case(f"model {shape.label(point['users'])}",
-                        lambda shape=shape, users=point["users"]: run(shape, users)))
-    return out
+    return shape_cases("model", all_sizes(default_sizes(cfg), sizes), run)

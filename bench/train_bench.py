@@ -46,15 +46,16 @@ import sys
 
 import model_bench
 import torch
-from _report import REFERENCE_NOTE, Case, RunConfig, all_sizes, grid, stats_rows
+from _report import REFERENCE_NOTE, Case, RunConfig, all_sizes, stats_rows
 from _timing import Rotation, interleaved
 from model_bench import (
     CPU_QWEN3_PAPER_SHAPE,
     CPU_SHAPE,
-    MODEL_SHAPES,
     QWEN3_06B_SHAPE,
     SHAPE_FIELDS,
     ModelShape,
+    per_second,
+    shape_cases,
 )
 
 from l2rec_kernels import FusedL2Rec, L2Rec
@@ -215,22 +216,14 @@ def cases(cfg: RunConfig, emit, sizes: dict[str, list] | None = None) -> list[Ca
         providers, check = train_providers(shape, users, cfg.device, cfg.dtype)
         stats = interleaved(providers, cfg.device, **timing)
         tokens = NUM_VIEWS * users * shape.seq_len
-        per_s = lambda name, s: {"tokens_per_s": tokens / s["median"] * 1e3,
-                                 "users_per_s": users / s["median"] * 1e3}
         config = {**dataclasses.asdict(shape), "users": users, "step": "AdamW",
                   "precision": "fp32" if cfg.dtype == torch.float32 else "autocast", **check}
         for row in stats_rows("train", shape.label(users), stats, x=("users", users), config=config,
-                              reference=REFERENCE, dtype=cfg.dtype, extra=per_s,
+                              reference=REFERENCE, dtype=cfg.dtype, extra=per_second(tokens, users),
                               providers=providers if cfg.memory else None, device=cfg.device):
             emit(row)
         del providers
         if cfg.cuda:
             torch.cuda.empty_cache()
 
-    out = []
-    for point in grid(all_sizes(default_sizes(cfg), sizes)):
-        shape = dataclasses.replace(MODEL_SHAPES[point["shape"]], **{
-            field: point[axis] for axis, field in SHAPE_FIELDS.items() if point[axis] is not None})
-        out.append(Case(f"train {shape.label(point['users'])}",
-                        lambda shape=shape, users=point["users"]: run(shape, users)))
-    return out
+    return shape_cases("train", all_sizes(default_sizes(cfg), sizes), run)
