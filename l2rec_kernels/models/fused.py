@@ -368,10 +368,9 @@ class FusedL2Rec(L2RecBase):
         computed with the cached item table and ``topk_items``: no [B, N] score matrix.
         ``return_preference``: also return z [B, pref_dim], as ``L2Rec.recommend`` does.
         """
-        self._check_recommend_args(history_ids, k, exclude_history, exclude_ids, return_preference)
-        z, _ = self._preference(input_ids, attention_mask, history_ids)
-        scores, ids = self._top_k(z, history_ids, k, exclude_history, exclude_ids)
-        return (scores, ids, z) if return_preference else (scores, ids)
+        # the same steps as the reference's; only ``_top_k`` (the item table) is this class's
+        return super().recommend(input_ids, attention_mask, history_ids, k, exclude_history,
+                                 exclude_ids, return_preference)
 
     def _top_k(self, z, history_ids, k: int, exclude_history: bool,
                exclude_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
