@@ -75,6 +75,9 @@ _PTX = textwrap.dedent('''
                                 loc(12), "@%p2 ld.global.v2.b32 { %r3, %r4 }, [ %rd3 + 0 ];"), source))
     print(g.lora_load_bytes(ptx(loc(12), "@%p2 ld.global.v4.b32 { %r3, %r4, %r5, %r6 }, [ %rd3 + 0 ];",
                                 loc(10), "@%p1 ld.global.b16 { %rs1 }, [ %rd1 + 0 ];"), source))
+    # a load with a cache-eviction hint is still a load of its width
+    print(g.lora_load_bytes(ptx(loc(10), "@%p1 ld.global.L1::evict_last.b16 { %rs1 }, [ %rd1 + 0 ];"),
+                            source))
     # the columns read from the PTX: matrix instruction, scalar 16-bit and 128-bit global loads
     def counts(*body):
         c = g.ptx_instructions(ptx(*body))
@@ -90,7 +93,7 @@ _PTX = textwrap.dedent('''
 def test_lora_load_width_and_load_counts_from_ptx():
     proc = run_python(_PTX)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["None", "8", "2", "wgmma,1,2", "mma,0,1", "-,0,0"]
+    assert proc.stdout.split() == ["None", "8", "2", "2", "wgmma,1,2", "mma,0,1", "-,0,0"]
 
 
 def test_smoke_compile_for_hopper(tmp_path):

@@ -288,7 +288,7 @@ def lora_load_bytes(ptx: str, source_lines: dict[int, str]) -> int | None:
         if loc:
             line_no = int(loc.group(1))
             continue
-        load = re.search(r"(ld\.global[.\w]*|cp\.async\.c[ag]\.shared\.global)", text)
+        load = _GLOBAL_LOAD.search(text)
         if load and line_no is not None and _LORA_LOAD.search(source_lines.get(line_no, "")):
             widths.append(_load_bytes(load.group(1), text))
     return min(widths) if widths else None
