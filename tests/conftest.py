@@ -144,29 +144,11 @@ def device():
 
 
 def loopback_port() -> int:
-    """A free 127.0.0.1 TCP port for a test server, below the kernel's ephemeral port range.
+    """A free 127.0.0.1 TCP port for a test server, below the ephemeral range where Ray
+    picks its own processes' ports (``l2rec_serving.launch.free_port``, which says why)."""
+    from l2rec_serving.launch import free_port
 
-    A server learns its port (``--port``) some seconds before it binds it (Ray starts first).
-    A port from ``bind(("127.0.0.1", 0))`` lies in the ephemeral range, where Ray picks the
-    ports of its own processes (GCS, raylet, every worker) in the same way, this server's and
-    those of any other test running alongside: one of them can take it in the meantime
-    ("Failed to bind to address"). Below that range only an explicit choice can, and nothing
-    chooses these ports but this function (at random, so two workers rarely try the same)."""
-    import random
-    import socket
-
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        ephemeral_low = int(f.read().split()[0])
-    low = 20_000  # above the usual fixed ports (Ray's 6379, 8265, 10001; 8000, 9000)
-    for _ in range(200):
-        port = random.randrange(low, ephemeral_low) if ephemeral_low > low + 1000 else 0
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free loopback port below the ephemeral range")
+    return free_port()
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,32 @@ HOST = "127.0.0.1"
 
 
 def free_port(host: str = HOST) -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that nothing listens on right now, below the kernel's ephemeral range
+    where the system says where that starts (Linux).
+
+    A server learns its port (``--port``) some seconds before it binds it (Ray starts
+    first). A port from ``bind((host, 0))`` lies in the ephemeral range, where Ray picks the
+    ports of its own processes (GCS, raylet, every worker) in the same way, this server's
+    and any other Ray's on the machine: one of them can take it in the meantime ("Failed to
+    bind to address"). Below that range only an explicit choice can, and the choice is
+    random, so two callers rarely try the same."""
+    import random
+
+    low, high = 20_000, 0  # above the usual fixed ports (Ray's 6379, 8265, 10001; 8000, 9000)
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux: any free port
+    for _ in range(200):
+        port = random.randrange(low, high) if high > low + 1000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free TCP port on {host} below the ephemeral range")
 
 
 # What ``python -m l2rec_serving`` prints once it serves and handles SIGTERM itself.
