@@ -5,13 +5,15 @@
 #   bash bench/gpu_session.sh STAGE...      e.g. `bash bench/gpu_session.sh test-kernels`
 #
 # THE WHOLE GPU WINDOW is two commands, run back to back (the second finds the first's
-# install while the machine is still warm, else installs again), each under 9 minutes
-# (L2REC_CALL_LIMIT_S, default 510 s for these two) and each bringing back at most 8 files:
+# install while the machine is still warm, else installs again), each bringing back at most
+# 8 files. Both must fit the session's device time (900 s, the machine's start - a minute
+# or two - and the transfers included), so their deadlines (L2REC_CALL_LIMIT_S) default to
+# 330 s and 390 s; before the second call, set it from `status`'s budget_left_s less 60 s:
 #
 #   bash bench/gpu_session.sh window-1   install (the extension for sm_90a), backend_info(),
 #                  the kernel and model test files with their GPU tests (tests.log), then
 #                  compute-sanitizer memcheck over the GPU-marked kernel tests but the two
-#                  large-shape ones (sanitize.log; the tests stop SANITIZE_RESERVE_S = 150 s
+#                  large-shape ones (sanitize.log; the tests stop SANITIZE_RESERVE_S = 120 s
 #                  before the deadline to leave it room). Files: summary.txt, install.log
 #                  when it installed, backend_info.json, tests.log, sanitize.log   at most 5
 #   bash bench/gpu_session.sh window-2   bf16 timings, each table one latency.py run:
@@ -26,8 +28,8 @@
 #                  64, T = 256, eager, peak memory; the train section's optimizer step at
 #                  B = 16); bench-compiled (compile_for_serving reduce-overhead replay at
 #                  B = 1; last, as it compiles for minutes: cut off first if time runs out).
-#                  Caps per stage (s): L2REC_TUNE_S 150, L2REC_KERNELS_S 150, L2REC_MODEL_S
-#                  200; bench-compiled gets what is left. Every CSV, plot and log is packed
+#                  Caps per stage (s): L2REC_TUNE_S 60, L2REC_KERNELS_S 100, L2REC_MODEL_S
+#                  120; bench-compiled gets what is left. Every CSV, plot and log is packed
 #                  into window-2-results.tgz. Files: summary.txt, install.log when it
 #                  installed, autotune-*.json, window-2-results.tgz             at most 4
 #
@@ -79,8 +81,8 @@
 #                  L2REC_CALL_LIMIT_S is set)
 #
 # Time: the run stops starting work L2REC_CALL_LIMIT_S seconds after it began (default 570,
-# i.e. inside a 10-minute call; 510 for window-1 and window-2, so that each stays under 9
-# minutes; 0 = no limit, the default for `all`): each stage's command is cut off at that
+# i.e. inside a 10-minute call; 330 for window-1 and 390 for window-2, so that both fit the
+# session's 900 s of device time; 0 = no limit, the default for `all`): each stage's command is cut off at that
 # deadline (rc 124), or at its own cap where it has one, later stages are reported as not
 # run, and the summary is still printed.
 set -uo pipefail
@@ -91,7 +93,8 @@ PY="${PYTHON:-python3}"
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && { echo "usage: bash bench/gpu_session.sh STAGE... (see the header)"; exit 2; }
 if [[ " ${STAGES[*]} " == *" all "* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-0}"
-elif [[ " ${STAGES[*]} " == *" window-"* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-510}"
+elif [[ " ${STAGES[*]} " == *" window-1 "* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-330}"
+elif [[ " ${STAGES[*]} " == *" window-2 "* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-390}"
 else LIMIT="${L2REC_CALL_LIMIT_S:-570}"; fi
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -231,7 +234,7 @@ window_1() {  # install, backend_info, the kernel and model tests, memcheck (hea
   "$PY" -c "import json, l2rec_kernels as lk; print(json.dumps(lk.backend_info(), indent=1))" \
     > "$OUT/backend_info.json" 2>&1 || note "backend_info() failed (backend_info.json)"
   left=$(time_left)
-  cap=$((left - ${SANITIZE_RESERVE_S:-150}))
+  cap=$((left - ${SANITIZE_RESERVE_S:-120}))
   [ "$cap" -lt 60 ] && cap=60
   # The tests' own autotune measurements (tiny shapes) go to a scratch cache.
   # shellcheck disable=SC2046  # xdist_args is zero or two words
@@ -277,14 +280,14 @@ window_2() {  # the timings (header); each table one latency.py run
   ensure_installed
   touch "$STATE/window-2.start"
   sleep 1
-  STAGE_CAP=${L2REC_TUNE_S:-150} tune
-  STAGE_CAP=${L2REC_KERNELS_S:-150} bench bench-kernels --dtype bf16 --sections dpmoe_linear,topk_items,batch_metadata \
+  STAGE_CAP=${L2REC_TUNE_S:-60} tune
+  STAGE_CAP=${L2REC_KERNELS_S:-100} bench bench-kernels --dtype bf16 --sections dpmoe_linear,topk_items,batch_metadata \
     --set dpmoe_linear.seq_len=32 --set dpmoe_linear.seqs_per_view=1,16,128 \
     --set dpmoe_linear.d_in=1024,4096 --set dpmoe_linear.d_out=3072,4096 \
     --set dpmoe_linear.experts=4 --set dpmoe_linear.rank=8,16 \
     --set topk_items.items=1000000 --set topk_items.dim=128 --set topk_items.batch=1,64,1024 \
     --set topk_items.k=10,100,1000 --set batch_metadata.users=1,64,1024 --set batch_metadata.tokens=256
-  STAGE_CAP=${L2REC_MODEL_S:-200} bench bench-model --dtype bf16 --sections model,train \
+  STAGE_CAP=${L2REC_MODEL_S:-120} bench bench-model --dtype bf16 --sections model,train \
     --set model.shape=qwen3-0.6b-paper --set model.users=1,16,64 --set model.seq_len=256 \
     --set train.shape=qwen3-0.6b-paper --set train.users=16 --set train.seq_len=256
   bench bench-compiled --dtype bf16 --sections model --compile --set model.shape=qwen3-0.6b-paper \
