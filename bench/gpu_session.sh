@@ -27,9 +27,10 @@
 #                  (FusedL2Rec vs the plain backbone vs L2Rec at qwen3-0.6b-paper, B = 1, 16,
 #                  64, T = 256, eager, peak memory; the train section's optimizer step at
 #                  B = 16); bench-compiled (compile_for_serving reduce-overhead replay at
-#                  B = 1; last, as it compiles for minutes: cut off first if time runs out).
-#                  Caps per stage (s): L2REC_TUNE_S 60, L2REC_KERNELS_S 100, L2REC_MODEL_S
-#                  120; bench-compiled gets what is left. Every CSV, plot and log is packed
+#                  B = 1; it compiles for minutes, so it is the step cut off when time runs
+#                  out); bench-batch (below). Caps per stage (s): L2REC_TUNE_S 60,
+#                  L2REC_KERNELS_S 100, L2REC_MODEL_S 120; bench-compiled until L2REC_BATCH_S
+#                  (45) before the deadline, bench-batch the rest. Every CSV, plot and log is packed
 #                  into window-2-results.tgz. Files: summary.txt, install.log when it
 #                  installed, autotune-*.json, window-2-results.tgz             at most 4
 #
@@ -64,6 +65,11 @@
 #                  model): CUDA-graph replay of FusedL2Rec[triton] and of the plain backbone
 #                  next to the eager providers (issue 14): bench-compiled.log, csv, plots
 #                                                                         at most 6
+#   bench-batch    bench/batch_bench.py --ways loop --model-shape qwen3-0.6b-paper --device cuda:
+#                  one GPU actor's batch-scoring work (UserScorer: checks, prompts, bucketing,
+#                  recommend) in-process at T = 256, B = 64, $L2REC_BATCH_USERS (4096) users over
+#                  $L2REC_BATCH_ITEMS (10000) items; no Ray (its wheel is too large to carry to
+#                  the device machine): bench-batch.log, batch_scoring_*.csv, .md   at most 4
 #   bench-custom   bench/latency.py $L2REC_BENCH_ARGS and its plots, for chosen sizes, e.g.
 #                  L2REC_BENCH_ARGS="--set topk_items.k=10,100,1000 --set topk_items.batch=1,4096"
 #                  (`python bench/latency.py --help` lists every SECTION.AXIS; a --set runs only
@@ -290,9 +296,20 @@ window_2() {  # the timings (header); each table one latency.py run
   STAGE_CAP=${L2REC_MODEL_S:-120} bench bench-model --dtype bf16 --sections model,train \
     --set model.shape=qwen3-0.6b-paper --set model.users=1,16,64 --set model.seq_len=256 \
     --set train.shape=qwen3-0.6b-paper --set train.users=16 --set train.seq_len=256
-  bench bench-compiled --dtype bf16 --sections model --compile --set model.shape=qwen3-0.6b-paper \
-    --set model.users=1 --set model.seq_len=256
+  local left
+  left=$(time_left)
+  STAGE_CAP=$((left - ${L2REC_BATCH_S:-45})) bench bench-compiled --dtype bf16 --sections model --compile \
+    --set model.shape=qwen3-0.6b-paper --set model.users=1 --set model.seq_len=256
+  bench_batch
   pack_results window-2-results.tgz "$STATE/window-2.start" summary.txt install.log "autotune-*.json"
+}
+
+bench_batch() {  # one GPU actor's batch-scoring work at qwen3-0.6b-paper, T = 256 (no Ray here)
+  ensure_installed
+  run_stage bench-batch "$PY" bench/batch_bench.py --ways loop --model-shape qwen3-0.6b-paper \
+    --device cuda --items "${L2REC_BATCH_ITEMS:-10000}" --users "${L2REC_BATCH_USERS:-4096}" \
+    --batch-size 64 --out "$OUT"
+  grep -E "users/s" "$OUT/bench-batch.log" 2>/dev/null | tail -3 | tee -a "$SUMMARY"
 }
 
 bench() {  # stage name, then latency.py's arguments
@@ -311,13 +328,13 @@ bench() {  # stage name, then latency.py's arguments
 
 for stage in "${STAGES[@]}"; do
   case "$stage" in
-    install|test-kernels|test-models|test|sanitize|tune|bench-kernels|bench-model|bench-compiled|bench|all) ;;
+    install|test-kernels|test-models|test|sanitize|tune|bench-kernels|bench-model|bench-compiled|bench-batch|bench|all) ;;
     window-1|window-2) ;;
     bench-custom)
       [ -n "${L2REC_BENCH_ARGS:-}" ] || {
         echo "bench-custom needs L2REC_BENCH_ARGS, e.g. L2REC_BENCH_ARGS=\"--set topk_items.k=10,100,1000\""
         exit 2; } ;;
-    *) echo "unknown stage $stage (window-1|window-2|install|test-kernels|test-models|test|sanitize|tune|bench-kernels|bench-model|bench-compiled|bench-custom|bench|all)"
+    *) echo "unknown stage $stage (window-1|window-2|install|test-kernels|test-models|test|sanitize|tune|bench-kernels|bench-model|bench-compiled|bench-batch|bench-custom|bench|all)"
        exit 2 ;;
   esac
 done
@@ -337,6 +354,7 @@ for stage in "${STAGES[@]}"; do
     bench-model) bench bench-model --sections model ;;
     bench-compiled) bench bench-compiled --sections model --compile --set "model.users=${L2REC_COMPILE_USERS:-1}" ;;
     bench-custom) bench bench-custom "${BENCH_ARGS[@]}" ;;
+    bench-batch) bench_batch ;;
     bench) bench_kernels
            bench bench-model --sections model ;;
     all) install; test_kernels; test_models; sanitize

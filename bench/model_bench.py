@@ -69,6 +69,7 @@ from l2rec_kernels.models.shapes import (  # noqa: F401  (re-exported for the ot
     QWEN05_SHAPE,
     QWEN3_06B_SHAPE,
     ModelShape,
+    randomize_experts_,
 )
 from l2rec_kernels.models.tiny import synthetic_batch, tiny_backbone
 
@@ -115,11 +116,7 @@ def build_models(shape: ModelShape, device: torch.device, dtype: torch.dtype,
     memo: dict[int, object] = {}
     peft_backbone = copy.deepcopy(backbone, memo) if peft else None
     ref = L2Rec(backbone, cfg).to(device)
-    with torch.no_grad():  # random experts: a zero expert B would let a kernel skip work
-        for experts in ref.experts.values():
-            experts.lora_b.normal_(0, 0.02)
-            if experts.shared_b is not None:
-                experts.shared_b.normal_(0, 0.02)
+    randomize_experts_(ref)
     ref.validate_inputs = False  # time the models, not the input checks
     fused = {b: FusedL2Rec.from_reference(ref, backend=b) for b in fused_backends}
     for f in fused.values():

@@ -9,6 +9,8 @@ otherwise the deployment builds it from the history with one of these:
 * ``TitlePromptBuilder`` for a checkpoint with item titles: ``template`` with ``{titles}``
   replaced by the history's titles joined by ``"; "``, tokenised by the backbone's
   tokenizer. Match the template to the one the checkpoint was trained with.
+* ``FixedLengthPromptBuilder`` for a random-weight model of a named shape (benchmarks):
+  prompts of exactly the shape's length, whatever the history, so a timing is at that length.
 
 A checkpoint served without titles has no builder: requests must carry ``prompt_ids``.
 """
@@ -52,6 +54,31 @@ class TitlePromptBuilder:
     def __call__(self, history: Sequence[int]) -> list[int]:
         text = self.template.replace("{titles}", "; ".join(self.titles[i - 1] for i in history))
         return _clip(list(self.tokenizer(text)["input_ids"]), self.max_tokens)
+
+
+class FixedLengthPromptBuilder:
+    """``length`` token ids in [1, vocab) from the history, the same for the same history:
+    position j holds ``(item * 7919 + j) % (vocab - 1) + 1`` for the history's items in
+    turn. For random-weight models of a named shape, whose speed depends on the prompt's
+    length only (token 0, often padding, is never drawn)."""
+
+    def __init__(self, vocab: int, length: int) -> None:
+        if vocab < 2 or length < 1:
+            raise ValueError(f"vocab must be >= 2 and length >= 1, got {vocab} and {length}")
+        self.vocab, self.length = vocab, length
+
+    def __call__(self, history: Sequence[int]) -> list[int]:
+        if not history:
+            raise ValueError("history must not be empty")
+        return [(history[j % len(history)] * 7919 + j) % (self.vocab - 1) + 1 for j in range(self.length)]
+
+
+def hashed_word_tokens(text: str, vocab: int) -> list[int]:
+    """A prompt text as token ids in [1, vocab) without a tokenizer: each word's CRC-32
+    (stable across processes, unlike ``hash``), for random-weight models of a named shape."""
+    import zlib
+
+    return [zlib.crc32(w.encode("utf-8")) % (vocab - 1) + 1 for w in text.split()]
 
 
 def load_titles(path: str | os.PathLike, num_items: int) -> list[str]:

@@ -181,7 +181,9 @@ def test_cli_checks_its_arguments(tmp_path):
     args = parse_args(["--out", str(tmp_path / "o")])
     assert (args.options.k, args.options.actors, args.options.threads, args.options.retries) == (100, 1, 1, 3)
     for bad in (["--out", "o", "--checkpoint", "c"], ["--out", "o", "--actors", "0"],
-                ["--out", "o", "--titles", "t"], ["--users", "u", "--out", "o", "--format", "xml"]):
+                ["--out", "o", "--titles", "t"], ["--users", "u", "--out", "o", "--format", "xml"],
+                ["--out", "o", "--model-shape", "qwen9"],
+                ["--out", "o", "--model-shape", "cpu-small", "--checkpoint", "c", "--backbone", "b"]):
         with pytest.raises(SystemExit) as info:
             parse_args(bad)
         assert info.value.code == 2
@@ -191,6 +193,59 @@ def test_cli_checks_its_arguments(tmp_path):
     users = tmp_path / "users.jsonl"
     users.write_text('{"user_id": 1, "history": [1]}\n')
     assert main(["--users", str(users), "--out", str(taken)]) == 1  # refused before Ray starts
+
+
+def test_fixed_length_prompts_and_hashed_words():
+    from l2rec_serving.prompts import FixedLengthPromptBuilder
+
+    from l2rec_kernels.prompts import hashed_word_tokens
+
+    build = FixedLengthPromptBuilder(vocab=50, length=9)
+    a, b = build([3, 7]), build([3, 8])
+    assert len(a) == 9 and a == build([3, 7]) and a != b  # fixed length, a function of the history
+    assert all(1 <= t < 50 for t in a + b)  # never token 0 (padding on many backbones)
+    with pytest.raises(ValueError, match="history must not be empty"):
+        build([])
+    with pytest.raises(ValueError, match="vocab must be >= 2"):
+        FixedLengthPromptBuilder(1, 4)
+    words = hashed_word_tokens("red shoe red", 50)
+    assert len(words) == 3 and words[0] == words[2] != words[1] and all(1 <= t < 50 for t in words)
+
+
+def test_a_named_shape_model_scores_every_user_like_recommend():
+    """``model_shape``: a random-weight model of a named shape, prompts of the shape's length
+    (a given prompt text: hashed words); each user gets ``recommend`` for that user alone."""
+    from l2rec_serving.batch.scorer import UserScorer
+
+    from l2rec_kernels.prompts import FixedLengthPromptBuilder, hashed_word_tokens
+
+    with pytest.raises(ValueError, match="model_shape must be one of"):
+        ServiceSpec(model_shape="qwen9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            ServiceSpec(device="cuda").resolved_device()
+    spec = ServiceSpec(model_shape="cpu-small-qwen3-paper", tiny_num_items=NUM_ITEMS, device="cpu",
+                       dtype="float32")
+    scorer = UserScorer(spec, BatchOptions(k=5, batch_size=2), "parquet", {}, pa.int64())
+    model = scorer.model
+    assert type(model).__name__ == "FusedL2Rec" and model.config.num_items == NUM_ITEMS
+    histories = [[1, 2, 3], [4] * 12, [NUM_ITEMS, 7], [9]]
+    prompts = [None, None, "a given prompt text", None]
+    table = pa.table({"user_id": pa.array([0, 1, 2, 3], pa.int64()), "history": histories,
+                      "prompt": pa.array(prompts, pa.string())})
+    got = scorer(table).to_pylist()
+    vocab = model.backbone.config.vocab_size
+    for row, history, prompt in zip(got, histories, prompts):
+        ids = hashed_word_tokens(prompt, vocab) if prompt else FixedLengthPromptBuilder(vocab, 96)(history)
+        recent = history[-model.config.max_history:]
+        hist = torch.zeros(1, model.config.max_history, dtype=torch.long)
+        hist[0, : len(recent)] = torch.tensor(recent)
+        ids = torch.tensor([ids])
+        with torch.no_grad():
+            want_s, want_i = model.recommend(ids, torch.ones_like(ids), hist, k=5, exclude_history=False,
+                                             exclude_ids=torch.tensor([sorted(set(history))]))
+        assert row["items"] == want_i[0].tolist()
+        assert rel_err(torch.tensor(row["scores"]), want_s[0]) <= 10 * REL_TOL[torch.float32]
 
 
 # ----------------------------------------------------------------------------- jobs on Ray

@@ -54,6 +54,17 @@ class ModelShape:
                              dtype=dtype)
 
 
+def randomize_experts_(model, std: float = 0.02) -> None:
+    """Draw every expert's B (and shared expert's) from N(0, std^2), in place. LoRA-style
+    initialisation leaves them zero, which a random-weight model for timing must not keep:
+    a kernel could skip work that a trained model makes it do."""
+    with torch.no_grad():
+        for experts in model.experts.values():
+            experts.lora_b.normal_(0, std)
+            if experts.shared_b is not None:
+                experts.shared_b.normal_(0, std)
+
+
 # The CPU acceptance shape of the FusedL2Rec issue (Llama, iLoRA defaults) and the same
 # widths on Qwen3 with the paper's setup; GPU: Qwen3-0.6B's widths with the paper's setup
 # (the headline: the backbone the paper reports) and a Qwen2-0.5B-class shape.

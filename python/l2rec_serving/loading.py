@@ -4,7 +4,10 @@ A spec is small and picklable, so it can travel to every Ray Serve replica, each
 builds its own model once, on its own device. Two kinds of model:
 
 * no checkpoint: the built-in tiny model, a random-weight tiny Llama with random L2Rec
-  weights over a ``SyntheticCatalogue`` (so the server runs anywhere, offline);
+  weights over a ``SyntheticCatalogue`` (so the server runs anywhere, offline); or, with
+  ``model_shape``, a random-weight model of a named shape (``MODEL_SHAPES``, e.g.
+  ``qwen3-0.6b-paper``) with ``tiny_num_items`` items and prompts of the shape's length,
+  to time serving or batch scoring at a real model's widths without its weights;
 * ``checkpoint`` + ``backbone``: ``FusedL2Rec.from_pretrained(checkpoint, backbone=...)``
   over ``AutoModelForCausalLM.from_pretrained(backbone, use_safetensors=True)``.
   Only safetensors weights are read (never pickle). The backbone must be the one the
@@ -40,8 +43,9 @@ class ServiceSpec:
     device: str = "auto"
     dtype: str = "auto"
     backend: str = "auto"
-    tiny_num_items: int = 200
+    tiny_num_items: int = 200  # the catalogue of the built-in model (tiny or model_shape)
     seed: int = 0
+    model_shape: str | None = None
     check_backbone_weights: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS
@@ -64,6 +68,15 @@ class ServiceSpec:
                              "or neither (the built-in tiny model)")
         if self.titles is not None and self.checkpoint is None:
             raise ValueError("titles are for a checkpoint; the tiny model has its own catalogue")
+        if self.model_shape is not None:
+            from l2rec_kernels.models.shapes import MODEL_SHAPES
+
+            if self.checkpoint is not None:
+                raise ValueError("model_shape builds a random-weight model: give it or a checkpoint, "
+                                 "not both")
+            if self.model_shape not in MODEL_SHAPES:
+                raise ValueError(f"model_shape must be one of {sorted(MODEL_SHAPES)}, "
+                                 f"got {self.model_shape!r}")
         if self.compile_mode is not None:
             from l2rec_kernels.models.compiled import SERVING_MODES
 
@@ -76,7 +89,10 @@ class ServiceSpec:
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device is {self.device!r} but this torch sees no CUDA GPU")
+        return device
 
     def resolved_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
@@ -110,6 +126,53 @@ def build_tiny_model(num_items: int = 200, seed: int = 0, device: str | torch.de
     return FusedL2Rec.from_reference(ref, backend=backend).eval(), cat
 
 
+def build_shape_model(name: str, num_items: int, seed: int = 0, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32, backend: str = "auto"):
+    """FusedL2Rec of the named shape (``MODEL_SHAPES``) with random weights: the backbone,
+    the experts (their B drawn too: ``randomize_experts_``) and the item-text table, built on
+    ``device`` directly (a 0.6B-parameter backbone never passes through host memory)."""
+    import dataclasses
+
+    from l2rec_kernels.models.fused import FusedL2Rec
+    from l2rec_kernels.models.reference import L2Rec
+    from l2rec_kernels.models.shapes import MODEL_SHAPES, randomize_experts_
+
+    shape = dataclasses.replace(MODEL_SHAPES[name], num_items=num_items)
+    with torch.random.fork_rng(), torch.device(device):
+        torch.manual_seed(seed)
+        ref = L2Rec(shape.backbone(), shape.config())
+        randomize_experts_(ref)
+        table = ref.item_text_table
+        ref.set_item_text_table(torch.randn(table.shape, dtype=table.dtype) * 0.02)
+    ref.to_inference_dtype(dtype)
+    return FusedL2Rec.from_reference(ref, backend=backend).eval()
+
+
+def build_builtin_model(spec: ServiceSpec, device: torch.device, dtype: torch.dtype):
+    """(model, builder, tokenize, name) for a spec without a checkpoint: the tiny model with
+    its catalogue's prompts, or the ``model_shape`` model with ``FixedLengthPromptBuilder``
+    prompts of the shape's length. ``builder(limit)`` is the history -> prompt builder and
+    ``tokenize(text, limit)`` a prompt text's tokens, both keeping at most ``limit`` tokens."""
+    from l2rec_kernels.prompts import FixedLengthPromptBuilder, SyntheticPromptBuilder, hashed_word_tokens
+
+    n = spec.tiny_num_items
+    if spec.model_shape is None:
+        from l2rec_kernels.synthetic import BOS
+
+        model, cat = build_tiny_model(n, spec.seed, device, dtype, spec.backend)
+        # The synthetic catalogue's prompts start with BOS; a given prompt text does too.
+        return (model, lambda limit: SyntheticPromptBuilder(cat, limit),
+                lambda text, limit: [BOS, *cat.tokenizer.encode(text)][-limit:],
+                f"tiny-random (llama, {n} synthetic items)")
+    from l2rec_kernels.models.shapes import MODEL_SHAPES
+
+    model = build_shape_model(spec.model_shape, n, spec.seed, device, dtype, spec.backend)
+    vocab, length = model.backbone.config.vocab_size, MODEL_SHAPES[spec.model_shape].seq_len
+    return (model, lambda limit: FixedLengthPromptBuilder(vocab, min(length, limit)),
+            lambda text, limit: hashed_word_tokens(text, vocab)[-limit:],
+            f"{spec.model_shape}-random ({n} items, {length}-token prompts)")
+
+
 def load_checkpoint_model(checkpoint: str, backbone_path: str, device: torch.device,
                           dtype: torch.dtype, backend: str = "auto", *,
                           check_backbone_weights: bool = True):
@@ -133,7 +196,7 @@ def load_checkpoint_model(checkpoint: str, backbone_path: str, device: torch.dev
 
 def build_service(spec: ServiceSpec):
     """The ``RecommenderService`` a spec describes (models are built here, once)."""
-    from .prompts import DEFAULT_TEMPLATE, SyntheticPromptBuilder, TitlePromptBuilder, load_titles
+    from .prompts import DEFAULT_TEMPLATE, TitlePromptBuilder, load_titles
     from .service import RecommenderService, max_prompt_tokens
 
     device = spec.resolved_device()
@@ -145,9 +208,8 @@ def build_service(spec: ServiceSpec):
         return limit if spec.max_prompt_tokens is None else min(spec.max_prompt_tokens, limit)
 
     if spec.checkpoint is None:
-        model, cat = build_tiny_model(spec.tiny_num_items, spec.seed, device, dtype, spec.backend)
-        builder = SyntheticPromptBuilder(cat, prompt_limit(model))
-        name = f"tiny-random (llama, {spec.tiny_num_items} synthetic items)"
+        model, make_builder, _, name = build_builtin_model(spec, device, dtype)
+        builder = make_builder(prompt_limit(model))
     else:
         model, tokenizer = load_checkpoint_model(spec.checkpoint, spec.backbone, device, dtype, spec.backend,
                                                  check_backbone_weights=spec.check_backbone_weights)

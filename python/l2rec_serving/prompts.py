@@ -4,9 +4,11 @@ depending on this serving integration."""
 
 from l2rec_kernels.prompts import (
     DEFAULT_TEMPLATE,
+    FixedLengthPromptBuilder,
     SyntheticPromptBuilder,
     TitlePromptBuilder,
     load_titles,
 )
 
-__all__ = ["DEFAULT_TEMPLATE", "SyntheticPromptBuilder", "TitlePromptBuilder", "load_titles"]
+__all__ = ["DEFAULT_TEMPLATE", "FixedLengthPromptBuilder", "SyntheticPromptBuilder", "TitlePromptBuilder",
+           "load_titles"]

@@ -4,6 +4,7 @@
         --users users.parquet --out scores/ --k 100 [--preference] [--ray-address ADDR] \\
         [--actors N] [--batch-size B] [--threads T] [--overwrite]
     python -m l2rec_serving.batch --out /tmp/score-demo     # the tiny model, synthetic users
+    python -m l2rec_serving.batch --out /tmp/scores --model-shape qwen3-0.6b-paper --tiny-items 10000
 
 Without ``--checkpoint`` it scores with the built-in tiny model; without ``--users`` too, it
 first writes a synthetic users file (``--demo-users`` users plus a few bad rows) and scores
@@ -18,6 +19,8 @@ import os
 import shlex
 import sys
 import tempfile
+
+from l2rec_kernels.models.shapes import MODEL_SHAPES
 
 from ..validation import DEFAULT_MAX_HISTORY_ITEMS
 from .options import DEFAULT_RETRIES, DEFAULT_ROWS_PER_FILE, BatchOptions
@@ -58,7 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="replace an existing output directory (atomically, once this run has succeeded)")
     ap.add_argument("--device", default="auto", help="auto (cuda where an actor has a GPU), cpu, cuda")
     ap.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    ap.add_argument("--tiny-items", type=int, default=200, help="catalogue size of the tiny model")
+    ap.add_argument("--tiny-items", type=int, default=200,
+                    help="catalogue size of the built-in model (the tiny one or --model-shape's)")
+    ap.add_argument("--model-shape", choices=sorted(MODEL_SHAPES),
+                    help="instead of the tiny model, a random-weight model of this named shape "
+                         "(e.g. qwen3-0.6b-paper) with prompts of its length: to time a job at a "
+                         "real model's widths")
     ap.add_argument("--demo-users", type=int, default=2000, help="synthetic users without --users")
     args = ap.parse_args(argv)
     if (args.checkpoint is None) != (args.backbone is None):
@@ -67,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--users is required with --checkpoint (synthetic users are for the tiny model)")
     if args.titles and not args.checkpoint:
         ap.error("--titles needs --checkpoint (the tiny model has its own catalogue)")
+    if args.model_shape and args.checkpoint:
+        ap.error("--model-shape builds a random-weight model: give it or --checkpoint, not both")
     try:
         args.options = BatchOptions(k=args.k, batch_size=args.batch_size, actors=args.actors,
                                     threads=args.threads, gpus_per_actor=args.gpus_per_actor,
@@ -85,7 +95,7 @@ def main(argv=None) -> int:
 
     spec = ServiceSpec(checkpoint=args.checkpoint, backbone=args.backbone, titles=args.titles,
                        prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
-                       tiny_num_items=args.tiny_items)
+                       tiny_num_items=args.tiny_items, model_shape=args.model_shape)
     users = args.users
     if users is None:
         from .demo import write_users

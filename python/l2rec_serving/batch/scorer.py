@@ -29,23 +29,19 @@ from .output import call_schema, call_table
 
 def load_model(spec: ServiceSpec):
     """(model, history -> prompt tokens or None, prompt text -> tokens) for ``spec``: the
-    built-in tiny model (its synthetic catalogue's prompts and word tokenizer) or a
+    built-in model (``loading.build_builtin_model``: the tiny one or a named shape's) or a
     checkpoint on its backbone (titles -> ``TitlePromptBuilder``; text -> the backbone's
     tokenizer). Prompts keep their last ``max_prompt_tokens`` tokens, as the service's do."""
-    from ..loading import build_tiny_model, load_checkpoint_model
-    from ..prompts import DEFAULT_TEMPLATE, SyntheticPromptBuilder, TitlePromptBuilder, load_titles
+    from ..loading import build_builtin_model, load_checkpoint_model
+    from ..prompts import DEFAULT_TEMPLATE, TitlePromptBuilder, load_titles
     from ..service import max_prompt_tokens
 
     device = spec.resolved_device()
     dtype = spec.resolved_dtype(device)
     if spec.checkpoint is None:
-        from l2rec_kernels.synthetic import BOS
-
-        model, cat = build_tiny_model(spec.tiny_num_items, spec.seed, device, dtype, spec.backend)
+        model, make_builder, tokenize, _ = build_builtin_model(spec, device, dtype)
         limit = _prompt_limit(spec, max_prompt_tokens(model))
-        # The synthetic catalogue's prompts start with BOS; a given prompt text does too.
-        tokenize = lambda text: [BOS, *cat.tokenizer.encode(text)][-limit:]
-        return model, SyntheticPromptBuilder(cat, limit), tokenize
+        return model, make_builder(limit), lambda text: tokenize(text, limit)
     model, tokenizer = load_checkpoint_model(spec.checkpoint, spec.backbone, device, dtype, spec.backend,
                                              check_backbone_weights=spec.check_backbone_weights)
     limit = _prompt_limit(spec, max_prompt_tokens(model))
