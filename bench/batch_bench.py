@@ -32,7 +32,7 @@ ratios of the ways that ran, the command, the machine and GPU, the versions and 
 average before and after). ``--ways loop`` needs no Ray: on a GPU machine without Ray it
 times one GPU actor's work (``UserScorer``: checks, prompts, bucketing, ``recommend``)
 in-process, e.g. ``--ways loop --model-shape qwen3-0.6b-paper --device cuda --items 10000
---users 4096 --batch-size 64`` (issue 25's GPU goal, users/s of one GPU actor at T = 256).
+--users 2048 --batch-size 64`` (issue 25's GPU goal, users/s of one GPU actor at T = 256).
 """
 
 from __future__ import annotations

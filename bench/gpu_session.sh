@@ -67,7 +67,7 @@
 #                                                                         at most 6
 #   bench-batch    bench/batch_bench.py --ways loop --model-shape qwen3-0.6b-paper --device cuda:
 #                  one GPU actor's batch-scoring work (UserScorer: checks, prompts, bucketing,
-#                  recommend) in-process at T = 256, B = 64, $L2REC_BATCH_USERS (4096) users over
+#                  recommend) in-process at T = 256, B = 64, $L2REC_BATCH_USERS (2048) users over
 #                  $L2REC_BATCH_ITEMS (10000) items; no Ray (its wheel is too large to carry to
 #                  the device machine): bench-batch.log, batch_scoring_*.csv, .md   at most 4
 #   bench-custom   bench/latency.py $L2REC_BENCH_ARGS and its plots, for chosen sizes, e.g.
@@ -307,7 +307,7 @@ window_2() {  # the timings (header); each table one latency.py run
 bench_batch() {  # one GPU actor's batch-scoring work at qwen3-0.6b-paper, T = 256 (no Ray here)
   ensure_installed
   run_stage bench-batch "$PY" bench/batch_bench.py --ways loop --model-shape qwen3-0.6b-paper \
-    --device cuda --items "${L2REC_BATCH_ITEMS:-10000}" --users "${L2REC_BATCH_USERS:-4096}" \
+    --device cuda --items "${L2REC_BATCH_ITEMS:-10000}" --users "${L2REC_BATCH_USERS:-2048}" \
     --batch-size 64 --out "$OUT"
   grep -E "users/s" "$OUT/bench-batch.log" 2>/dev/null | tail -3 | tee -a "$SUMMARY"
 }
