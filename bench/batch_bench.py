@@ -54,7 +54,7 @@ CSV_FIELDS = ["date", "way", "model", "device", "dtype", "users", "k", "batch_si
               "median_s", "runs_s", "users_per_s", "quarter_s", "fixed_s", "steady_users_per_s",
               "first_pass_s", "forward_s", "machine", "load_avg_1m", "ray", "torch", "pyarrow", "python",
               "git_sha", "command"]
-WAYS = ("loop", "ray-1x1", "ray-2x1")
+WAYS = {"loop": 0, "ray-1x1": 1, "ray-2x1": 2}  # way -> its Ray actors (of 1 thread each)
 
 
 def load_avg() -> str:
@@ -68,13 +68,6 @@ def model_spec(args):
     from l2rec_serving.loading import ServiceSpec
 
     return ServiceSpec(tiny_num_items=args.items, model_shape=args.model_shape, device=args.device)
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
 
 
 def time_loop(users: str, args, warm: str) -> tuple[float, float]:
@@ -94,7 +87,6 @@ def time_loop(users: str, args, warm: str) -> tuple[float, float]:
         t0 = time.perf_counter()
         rows = sum(scorer(table.slice(off, options.rows_per_call)).num_rows
                    for off in range(0, table.num_rows, options.rows_per_call))
-        sync(scorer.device)  # (the answers are on the host already: a no-op, to be sure)
         assert rows == table.num_rows
         return time.perf_counter() - t0, rows
 
@@ -152,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="l2rec_batch_bench_")
     users = os.path.join(tmp, "users.parquet")
     write_users(users, args.users, num_items=args.items)
-    quarter = os.path.join(tmp, "quarter.parquet")
-    write_users(quarter, args.users // 4, num_items=args.items, seed=2)
     warm = os.path.join(tmp, "warm.parquet")
     write_users(warm, 500, num_items=args.items, seed=1)
-    ray_ways = [w for w in args.ways if w != "loop"]
+    ray_ways = [w for w in args.ways if WAYS[w]]
+    quarter = os.path.join(tmp, "quarter.parquet")
+    if ray_ways:  # (the Ray ways' split into a fixed part and a rate)
+        write_users(quarter, args.users // 4, num_items=args.items, seed=2)
     runs: dict[str, list] = {w: [] for w in args.ways}
     ray_version = "not used"
     if ray_ways:
@@ -168,14 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     gpus = 1.0 if device.type == "cuda" else 0.0
     try:
         if ray_ways:  # starts Ray's worker processes; not counted
-            time_job(warm, os.path.join(tmp, "warm_out"), args, int(ray_ways[-1][4]), gpus)
+            time_job(warm, os.path.join(tmp, "warm_out"), args, WAYS[ray_ways[-1]], gpus)
         for r in range(args.repeats):
             print(f"batch_bench: repeat {r + 1}/{args.repeats} (load {load_avg()})", file=sys.stderr,
                   flush=True)
             if "loop" in runs:
                 runs["loop"].append(time_loop(users, args, warm))
             for way in ray_ways:
-                actors = int(way[4])
+                actors = WAYS[way]
                 out = os.path.join(tmp, f"out{actors}")
                 small = time_job(quarter, out, args, actors, gpus)
                 full = time_job(users, out, args, actors, gpus)
@@ -220,7 +213,7 @@ def summarise(way: str, samples: list[tuple], users: int, meta: dict) -> dict:
         return statistics.median(s[i] for s in samples)
 
     full = med(0)
-    row = {**meta, "way": way, "actors": {"loop": 0, "ray-1x1": 1, "ray-2x1": 2}[way],
+    row = {**meta, "way": way, "actors": WAYS[way],
            "median_s": round(full, 3), "runs_s": " ".join(f"{s[0]:.2f}" for s in samples),
            "users_per_s": round(users / full, 1), "quarter_s": "", "fixed_s": 0.0,
            "steady_users_per_s": round(users / full, 1), "first_pass_s": "", "forward_s": ""}

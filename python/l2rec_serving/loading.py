@@ -148,11 +148,20 @@ def build_shape_model(name: str, num_items: int, seed: int = 0, device: str | to
     return FusedL2Rec.from_reference(ref, backend=backend).eval()
 
 
+def prompt_limit(spec: ServiceSpec, model) -> int:
+    """The most prompt tokens a built prompt keeps (its end): what a client's ``prompt_ids``
+    may carry, ``spec.max_prompt_tokens`` capped at the backbone's own limit."""
+    from .service import max_prompt_tokens
+
+    limit = max_prompt_tokens(model)
+    return limit if spec.max_prompt_tokens is None else min(spec.max_prompt_tokens, limit)
+
+
 def build_builtin_model(spec: ServiceSpec, device: torch.device, dtype: torch.dtype):
     """(model, builder, tokenize, name) for a spec without a checkpoint: the tiny model with
     its catalogue's prompts, or the ``model_shape`` model with ``FixedLengthPromptBuilder``
-    prompts of the shape's length. ``builder(limit)`` is the history -> prompt builder and
-    ``tokenize(text, limit)`` a prompt text's tokens, both keeping at most ``limit`` tokens."""
+    prompts of the shape's length. ``builder(history)`` and ``tokenize(text)`` give a
+    prompt's tokens, both keeping at most ``prompt_limit(spec, model)`` of them."""
     from l2rec_kernels.prompts import FixedLengthPromptBuilder, SyntheticPromptBuilder, hashed_word_tokens
 
     n = spec.tiny_num_items
@@ -160,16 +169,18 @@ def build_builtin_model(spec: ServiceSpec, device: torch.device, dtype: torch.dt
         from l2rec_kernels.synthetic import BOS
 
         model, cat = build_tiny_model(n, spec.seed, device, dtype, spec.backend)
+        limit = prompt_limit(spec, model)
         # The synthetic catalogue's prompts start with BOS; a given prompt text does too.
-        return (model, lambda limit: SyntheticPromptBuilder(cat, limit),
-                lambda text, limit: [BOS, *cat.tokenizer.encode(text)][-limit:],
+        return (model, SyntheticPromptBuilder(cat, limit),
+                lambda text: [BOS, *cat.tokenizer.encode(text)][-limit:],
                 f"tiny-random (llama, {n} synthetic items)")
     from l2rec_kernels.models.shapes import MODEL_SHAPES
 
     model = build_shape_model(spec.model_shape, n, spec.seed, device, dtype, spec.backend)
+    limit = prompt_limit(spec, model)
     vocab, length = model.backbone.config.vocab_size, MODEL_SHAPES[spec.model_shape].seq_len
-    return (model, lambda limit: FixedLengthPromptBuilder(vocab, min(length, limit)),
-            lambda text, limit: hashed_word_tokens(text, vocab)[-limit:],
+    return (model, FixedLengthPromptBuilder(vocab, min(length, limit)),
+            lambda text: hashed_word_tokens(text, vocab)[-limit:],
             f"{spec.model_shape}-random ({n} items, {length}-token prompts)")
 
 
@@ -197,19 +208,12 @@ def load_checkpoint_model(checkpoint: str, backbone_path: str, device: torch.dev
 def build_service(spec: ServiceSpec):
     """The ``RecommenderService`` a spec describes (models are built here, once)."""
     from .prompts import DEFAULT_TEMPLATE, TitlePromptBuilder, load_titles
-    from .service import RecommenderService, max_prompt_tokens
+    from .service import RecommenderService
 
     device = spec.resolved_device()
     dtype = spec.resolved_dtype(device)
-
-    def prompt_limit(model) -> int:
-        # Built prompts keep (the end of) what a client's prompt_ids may carry: the same limit.
-        limit = max_prompt_tokens(model)
-        return limit if spec.max_prompt_tokens is None else min(spec.max_prompt_tokens, limit)
-
     if spec.checkpoint is None:
-        model, make_builder, _, name = build_builtin_model(spec, device, dtype)
-        builder = make_builder(prompt_limit(model))
+        model, builder, _, name = build_builtin_model(spec, device, dtype)
     else:
         model, tokenizer = load_checkpoint_model(spec.checkpoint, spec.backbone, device, dtype, spec.backend,
                                                  check_backbone_weights=spec.check_backbone_weights)
@@ -219,7 +223,7 @@ def build_service(spec: ServiceSpec):
                 raise ValueError(f"titles were given but {spec.backbone} has no tokenizer files "
                                  "to build prompts with")
             builder = TitlePromptBuilder(load_titles(spec.titles, model.config.num_items), tokenizer,
-                                         prompt_limit(model), spec.prompt_template or DEFAULT_TEMPLATE)
+                                         prompt_limit(spec, model), spec.prompt_template or DEFAULT_TEMPLATE)
         name = f"{spec.checkpoint} on {spec.backbone}"
     service = RecommenderService(model, builder, name=name, max_history_items=spec.max_history_items,
                                  max_body_bytes=spec.max_body_bytes, max_k=spec.max_k,

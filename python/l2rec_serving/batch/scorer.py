@@ -32,19 +32,17 @@ def load_model(spec: ServiceSpec):
     built-in model (``loading.build_builtin_model``: the tiny one or a named shape's) or a
     checkpoint on its backbone (titles -> ``TitlePromptBuilder``; text -> the backbone's
     tokenizer). Prompts keep their last ``max_prompt_tokens`` tokens, as the service's do."""
-    from ..loading import build_builtin_model, load_checkpoint_model
+    from ..loading import build_builtin_model, load_checkpoint_model, prompt_limit
     from ..prompts import DEFAULT_TEMPLATE, TitlePromptBuilder, load_titles
-    from ..service import max_prompt_tokens
 
     device = spec.resolved_device()
     dtype = spec.resolved_dtype(device)
     if spec.checkpoint is None:
-        model, make_builder, tokenize, _ = build_builtin_model(spec, device, dtype)
-        limit = _prompt_limit(spec, max_prompt_tokens(model))
-        return model, make_builder(limit), lambda text: tokenize(text, limit)
+        model, builder, tokenize, _ = build_builtin_model(spec, device, dtype)
+        return model, builder, tokenize
     model, tokenizer = load_checkpoint_model(spec.checkpoint, spec.backbone, device, dtype, spec.backend,
                                              check_backbone_weights=spec.check_backbone_weights)
-    limit = _prompt_limit(spec, max_prompt_tokens(model))
+    limit = prompt_limit(spec, model)
     if tokenizer is None:
         raise ValueError(f"backbone {spec.backbone} has no tokenizer files: batch scoring builds prompts "
                          "from titles or prompt text, which needs the tokenizer")
@@ -53,10 +51,6 @@ def load_model(spec: ServiceSpec):
         builder = TitlePromptBuilder(load_titles(spec.titles, model.config.num_items), tokenizer, limit,
                                      spec.prompt_template or DEFAULT_TEMPLATE)
     return model, builder, lambda text: list(tokenizer(text)["input_ids"])[-limit:]
-
-
-def _prompt_limit(spec: ServiceSpec, backbone_limit: int) -> int:
-    return backbone_limit if spec.max_prompt_tokens is None else min(spec.max_prompt_tokens, backbone_limit)
 
 
 def model_inputs(histories: Sequence[list[int]], prompts: Sequence[list[int]], max_history: int,
