@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     collator = L2RecCollator(
         prompt_builder(item_titles(data), tokenizer, prompt.get("max_tokens", 256),
                        prompt.get("template") or default_template()),
-        min(max_history, model.config.max_history))
+        min(max_history, model.config.max_history), prompt.get("history"))
 
     examples = data.split(args.split)
     candidates = None

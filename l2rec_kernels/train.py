@@ -6,18 +6,31 @@
     torchrun --nproc_per_node 2 -m l2rec_kernels.train ...        (DDP: gloo on CPU, nccl on GPU)
     python -m l2rec_kernels.train ... --resume-from-checkpoint last
 
-The data is read and split leave-one-out (``l2rec_kernels.data``); ``FusedL2Rec`` (the fast
-path, unchanged) trains its experts, routers, fusion and scorer over the frozen backbone on
-the training split, is evaluated on the validation split with full-ranking HR@K / NDCG@K /
-MRR after every epoch (or every ``--eval-steps``), stops early when NDCG@10 stops
-improving and ends with its best weights, saved to ``--out`` in the package's checkpoint
-format (``FusedL2Rec.from_pretrained``). See docs/training.md for the whole story.
+The data is read and split leave-one-out (``l2rec_kernels.data``), then the paper's two
+stages run:
+
+1. **SASRec** (``training.sasrec``): the behavioral view's encoder and its item-ID table
+   are trained alone on the training split (every position, full softmax), stopped early
+   on validation NDCG@10, and saved to ``OUT/sasrec``. ``--sasrec-checkpoint DIR`` reuses
+   a trained one instead; ``--no-sasrec-stage`` skips it (the encoder stays random, as
+   before this stage existed); resuming reuses ``OUT/sasrec`` when it is there.
+2. **L2Rec**: ``FusedL2Rec`` (the fast path, unchanged) trains its experts, routers, fusion
+   and scorer over the frozen backbone with that encoder frozen (the paper's setting;
+   ``--train-view-encoders`` trains it too), is evaluated on the validation split with
+   full-ranking HR@K / NDCG@K / MRR after every epoch (or every ``--eval-steps``), stops
+   early when NDCG@10 stops improving and ends with its best weights, saved to ``--out``
+   in the package's checkpoint format (``FusedL2Rec.from_pretrained``).
+
+``--budget-min`` bounds the wall-clock time of both stages together (stage 1 gets at most
+``--sasrec-budget-share`` of it); ``--train-positions N`` trains stage 2 on each user's
+last N training positions only. See docs/training.md for the whole story.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 
@@ -40,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="L2RecConfig defaults, or L2RecConfig.paper")
     d = ap.add_argument_group("data")
     d.add_argument("--min-interactions", type=int, default=5, help="k-core filter")
-    d.add_argument("--max-history", type=int, default=20, help="history items the model reads")
+    d.add_argument("--max-history", type=int, default=20,
+                   help="history items the model reads (the SASRec view's window)")
+    d.add_argument("--prompt-history", type=int, default=None,
+                   help="history items whose titles make the prompt (default: --max-history)")
+    d.add_argument("--train-positions", type=int, default=0,
+                   help="> 0: stage 2 trains on each user's last N training positions only")
     d.add_argument("--max-prompt-tokens", type=int, default=256, help="prompt length (the end is kept)")
     d.add_argument("--template", default=None, help="prompt template with {titles} (default: the server's)")
     m = ap.add_argument_group("model (None: the preset's value)")
@@ -50,11 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--top-k", type=int)
     m.add_argument("--behavior-dim", type=int)
     m.add_argument("--pref-dim", type=int)
+    m.add_argument("--fusion-views", choices=("both", "behavioral", "semantic"), default=None,
+                   help="an ablation: the preference from one view alone (L2RecConfig.fusion_views)")
     m.add_argument("--train-view-encoders", action="store_true", default=None,
                    help="also train the SASRec view encoder and its item-ID table (frozen by "
                         "default, as in the paper, where it is pretrained)")
     m.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="FusedL2Rec backend (auto: each op's differentiable path under grad mode)")
+    s1 = ap.add_argument_group("stage 1: the SASRec view encoder (training.sasrec)")
+    s1.add_argument("--sasrec-checkpoint", default=None, metavar="DIR",
+                    help="a trained stage-1 encoder (OUT/sasrec of an earlier run) instead of training one")
+    s1.add_argument("--no-sasrec-stage", action="store_true",
+                    help="skip stage 1: the frozen SASRec stays at its random initialisation")
+    s1.add_argument("--sasrec-epochs", type=float, default=200)
+    s1.add_argument("--sasrec-batch-size", type=int, default=32, help="windows per step")
+    s1.add_argument("--sasrec-lr", type=float, default=1e-3)
+    s1.add_argument("--sasrec-dropout", type=float, default=0.2)
+    s1.add_argument("--sasrec-patience", type=int, default=10,
+                    help="epochs without a better validation NDCG@10 before stopping")
+    s1.add_argument("--sasrec-budget-share", type=float, default=0.5,
+                    help="the share of --budget-min stage 1 may use")
     t = ap.add_argument_group("tiny backbone (--backbone tiny)")
     for name, value in TINY_DEFAULTS.items():
         t.add_argument(f"--tiny-{name.replace('_', '-')}", type=int, default=value)
@@ -62,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     o = ap.add_argument_group("optimisation (Hugging Face TrainingArguments)")
     o.add_argument("--epochs", type=float, default=3.0)
     o.add_argument("--max-steps", type=int, default=-1, help="> 0: stop after this many optimizer steps")
+    o.add_argument("--budget-min", type=float, default=None,
+                   help="wall-clock minutes for both stages (stops at the budget, keeping the best "
+                        "validation model)")
     o.add_argument("--batch-size", type=int, default=32, help="examples per device per step")
     o.add_argument("--eval-batch-size", type=int, default=None, help="default: 2 x --batch-size")
     o.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
@@ -90,9 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args) -> None:
     import torch
 
-    for name in ("batch_size", "grad_accum", "max_prompt_tokens", "max_history", "logging_steps"):
+    for name in ("batch_size", "grad_accum", "max_prompt_tokens", "max_history", "logging_steps",
+                 "sasrec_batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.prompt_history is not None and args.prompt_history < 1:
+        raise ValueError(f"--prompt-history must be >= 1, got {args.prompt_history}")
+    if args.train_positions < 0:
+        raise ValueError(f"--train-positions must be >= 0, got {args.train_positions}")
+    if args.budget_min is not None and args.budget_min <= 0:
+        raise ValueError(f"--budget-min must be > 0, got {args.budget_min}")
+    if not 0 < args.sasrec_budget_share <= 1:
+        raise ValueError(f"--sasrec-budget-share must be in (0, 1], got {args.sasrec_budget_share}")
+    if args.sasrec_checkpoint is not None and args.no_sasrec_stage:
+        raise ValueError("--sasrec-checkpoint and --no-sasrec-stage exclude each other")
     if args.eval_steps is not None and args.eval_steps < 1:
         raise ValueError(f"--eval-steps must be >= 1, got {args.eval_steps}")
     if args.bf16 and args.fp16:
@@ -163,6 +210,40 @@ def _backbone(args, saved_tiny: str | None, titles: list[str], template: str):
     return load_backbone(args.backbone)
 
 
+SASREC_SUBDIR = "sasrec"  # where a run keeps its stage-1 encoder
+
+
+def _stage1(args, data, config, out: str, resume, start: float, main_process: bool, say):
+    """Stage 1 (``training.sasrec``): (encoder, spec) to freeze into L2Rec, or None with
+    ``--no-sasrec-stage``. A given ``--sasrec-checkpoint`` (or, when resuming, the run's own
+    ``OUT/sasrec``) is loaded instead of trained."""
+    from .training.sasrec import SASRecSpec, load_sasrec, save_sasrec, train_sasrec
+
+    if args.no_sasrec_stage:
+        say("stage 1 skipped (--no-sasrec-stage): the SASRec view encoder stays random")
+        return None
+    saved = os.path.join(out, SASREC_SUBDIR)
+    source = args.sasrec_checkpoint or (saved if resume is not None and os.path.isdir(saved) else None)
+    if source is not None:
+        encoder, spec = load_sasrec(source)
+        say(f"stage 1: the SASRec encoder from {source}")
+        if source != saved and main_process:
+            save_sasrec(encoder, spec, saved)
+        return encoder, spec
+    spec = SASRecSpec.of_config(config)
+    budget = None if args.budget_min is None else \
+        args.budget_min * 60 * args.sasrec_budget_share - (time.perf_counter() - start)
+    encoder, result = train_sasrec(data, spec, saved, epochs=args.sasrec_epochs,
+                                   batch_size=args.sasrec_batch_size, lr=args.sasrec_lr,
+                                   patience=args.sasrec_patience, budget_s=budget, seed=args.seed,
+                                   progress=not args.no_progress, say=say)
+    if main_process:
+        save_sasrec(encoder, spec, saved, result)
+        # Trainer's own checkpoints of stage 1 (optimizer states): its result is saved above.
+        shutil.rmtree(os.path.join(saved, "checkpoints"), ignore_errors=True)
+    return encoder, spec
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
@@ -208,16 +289,25 @@ def main(argv=None) -> int:
     config = make_config(args.preset, data.num_items, args.max_history, num_experts=args.num_experts,
                          rank=args.rank, alpha=args.alpha, top_k=args.top_k,
                          behavior_dim=args.behavior_dim, pref_dim=args.pref_dim,
-                         train_view_encoders=args.train_view_encoders)
+                         train_view_encoders=args.train_view_encoders, sasrec_dropout=args.sasrec_dropout,
+                         fusion_views=args.fusion_views)
+    stage1 = _stage1(args, data, config, out, resume, start, main_process, say)
     torch.manual_seed(args.seed)  # the L2Rec weights' initialisation
     model = build_model(backbone, tokenizer, config, titles, backend=args.backend, device=targs.device)
+    if stage1 is not None:
+        from .training.sasrec import load_into_l2rec
+
+        load_into_l2rec(model, *stage1)
 
     backbone_info = ({"kind": TINY, "path": saved_tiny} if args.backbone == TINY
                      else {"kind": "dir", "path": os.path.abspath(args.backbone)})
     run_info = {"data": args.data, "min_interactions": args.min_interactions,
                 "max_history": args.max_history, "num_items": data.num_items,
-                "prompt": {"template": template, "max_tokens": args.max_prompt_tokens},
-                "preset": args.preset, "seed": args.seed, "backbone": backbone_info}
+                "prompt": {"template": template, "max_tokens": args.max_prompt_tokens,
+                           "history": args.prompt_history or args.max_history},
+                "preset": args.preset, "seed": args.seed, "backbone": backbone_info,
+                "sasrec_stage": None if stage1 is None else SASREC_SUBDIR,
+                "train_positions": args.train_positions or None}
     if main_process:
         os.makedirs(out, exist_ok=True)
         if args.backbone == TINY and not reuse_tiny:
@@ -226,16 +316,25 @@ def main(argv=None) -> int:
         write_run_info(out, run_info)
 
     train_set, valid_set = data.split("train"), data.split("valid")
+    if args.train_positions:
+        train_set = train_set.last_per_user(args.train_positions)
     world = targs.world_size
-    say(f"data: {data.num_users} users, {data.num_items} items; {len(train_set)} training and "
+    say(f"data: {data.num_users} users, {data.num_items} items; {len(train_set)} training"
+        f"{f' (each user’s last {args.train_positions} positions)' if args.train_positions else ''} and "
         f"{len(valid_set)} validation examples")
     say(f"batch: {args.batch_size} per device x {world} process(es) x {args.grad_accum} accumulation "
         f"= {args.batch_size * world * args.grad_accum} examples per optimizer step; device {targs.device}")
     say(parameter_summary(model))
     callbacks = ([EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
                  if args.early_stopping_patience > 0 else [])
+    if args.budget_min is not None:
+        from .training.sasrec import TimeBudgetCallback
+
+        left = args.budget_min * 60 - (time.perf_counter() - start)
+        say(f"stage 2 (L2Rec): {max(left, 0):.0f} s of the {args.budget_min:g}-minute budget left")
+        callbacks.append(TimeBudgetCallback(max(left, 1e-3)))
     collator = L2RecCollator(prompt_builder(titles, tokenizer, args.max_prompt_tokens, template),
-                             args.max_history)
+                             args.max_history, args.prompt_history)
     trainer = L2RecTrainer(model=model, args=targs, data_collator=collator, train_dataset=train_set,
                            eval_dataset=valid_set, compute_metrics=ranking_compute_metrics,
                            callbacks=callbacks, run_info=run_info)

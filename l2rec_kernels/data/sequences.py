@@ -83,6 +83,21 @@ class ExampleSplit(Sequence):
     def __repr__(self) -> str:
         return f"ExampleSplit({len(self)} examples, max_history={self._max_history})"
 
+    def last_per_user(self, n: int) -> ExampleSplit:
+        """The examples of each user's last ``n`` positions only (all of them for a user with
+        fewer): the way LLM recommenders fit a training budget, keeping the most recent
+        behaviour, every user represented, and the order (user by user)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        users = self._users
+        if len(users) == 0:
+            return self
+        # index from the end within each user's run: 0 for the last example of the user
+        boundary = np.flatnonzero(np.r_[users[1:] != users[:-1], True])  # last index of each run
+        run_end = np.repeat(boundary, np.diff(np.r_[-1, boundary]))
+        keep = (run_end - np.arange(len(users))) < n
+        return ExampleSplit(self._sequences, users[keep], self._positions[keep], self._max_history)
+
     @property
     def users(self) -> np.ndarray:
         """The user index of every example (int64 [len]), without building the examples."""

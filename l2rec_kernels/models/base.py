@@ -87,7 +87,7 @@ class L2RecBase(nn.Module):
         })
         self.behavior_encoder = SASRecEncoder(config.num_items, config.behavior_dim,
                                               config.max_history, config.sasrec_layers,
-                                              config.sasrec_heads)
+                                              config.sasrec_heads, config.sasrec_dropout)
         table = torch.randn(config.num_items + 1, d_sem) * d_sem ** -0.5
         table[0] = 0.0
         # The item-text table is data, not a parameter: set it from titles with
@@ -97,11 +97,19 @@ class L2RecBase(nn.Module):
             ViewRouter(dim, hidden, config.router_hidden, config.num_experts, config.router_inputs)
             for dim in (config.behavior_dim, d_sem)
         ])
-        self.fusion = CrossViewFusion(hidden, config.pref_dim, config.fusion_hidden)
+        self.fusion = CrossViewFusion(hidden, config.pref_dim, config.fusion_hidden, config.fusion_views)
         self.scorer = ItemScorer(config.behavior_dim, d_sem, config.pref_dim,
                                  config.score_temperature)
         if not config.train_view_encoders:
             self.behavior_encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> L2RecBase:
+        """``Module.train``, but a frozen view encoder (``train_view_encoders=False``, the
+        paper's stage 2) stays in eval mode: its dropout must not act while it is not trained."""
+        super().train(mode)
+        if not self.config.train_view_encoders:
+            self.behavior_encoder.eval()
+        return self
 
     def _share_modules(self, other: L2RecBase) -> None:
         """Use ``other``'s modules and tables themselves: nothing is allocated or copied."""

@@ -25,6 +25,7 @@ AUTO_TARGETS = {
 }
 NUM_VIEWS = 2  # view 0: behavioral, view 1: semantic
 ROUTER_INPUTS = ("user", "context", "interaction")
+FUSION_VIEWS = ("both", "behavioral", "semantic")
 
 
 @dataclass
@@ -78,6 +79,8 @@ class L2RecConfig:
     max_history: int = 50           # longest history the SASRec position table covers
     sasrec_layers: int = 2
     sasrec_heads: int = 2
+    sasrec_dropout: float = 0.0     # SASRec's dropout while it trains (stage 1, or unfrozen)
+    fusion_views: str = "both"      # an ablation: "behavioral" or "semantic" alone makes z
     score_temperature: float = 1.0  # tau_s in scores = z e_i^T / tau_s
     train_view_encoders: bool = False  # the paper freezes SASRec and the text table
 
@@ -132,6 +135,12 @@ class L2RecConfig:
                                        or not 1 <= self.top_k <= self.num_experts):
             raise ValueError(f"L2RecConfig.top_k must be None or an int in [1, num_experts="
                              f"{self.num_experts}], got {self.top_k!r}")
+        if self.fusion_views not in FUSION_VIEWS:
+            raise ValueError(f"L2RecConfig.fusion_views must be one of {FUSION_VIEWS}, "
+                             f"got {self.fusion_views!r}")
+        d = self.sasrec_dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+            raise ValueError(f"L2RecConfig.sasrec_dropout must be a number in [0, 1), got {d!r}")
         for name in ("alpha", "gate_temperature", "score_temperature", "contrastive_temperature"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:

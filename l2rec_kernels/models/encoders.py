@@ -21,41 +21,60 @@ from torch import nn
 
 
 class _SASRecBlock(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.dropout = heads, dropout
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        # (parameter-free, outside ffn: checkpoints from before dropout keep their keys)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         b, n, d = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                           v.transpose(1, 2), attn_mask=attn_mask)
-        h = h + self.out(a.transpose(1, 2).reshape(b, n, d))
-        return h + self.ffn(self.norm2(h))
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        h = h + self.drop(self.out(a.transpose(1, 2).reshape(b, n, d)))
+        return h + self.drop(self.ffn(self.norm2(h)))
 
 
 class SASRecEncoder(nn.Module):
-    """Sequential recommender over item ids; ``item_emb`` doubles as the item-ID table E_cf."""
+    """Sequential recommender over item ids; ``item_emb`` doubles as the item-ID table E_cf.
 
-    def __init__(self, num_items: int, dim: int, max_len: int, layers: int, heads: int) -> None:
+    ``forward`` gives the state at the last real item (the user summary u_b); ``states``
+    gives the state at every position, which is what SASRec trains on: state t predicts
+    item t + 1 by ``states[:, t] @ item_emb.weight.T`` (``l2rec_kernels.training.sasrec``).
+    ``dropout`` (embeddings, attention, residual branches) acts in training mode only."""
+
+    def __init__(self, num_items: int, dim: int, max_len: int, layers: int, heads: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, dim)
-        self.blocks = nn.ModuleList(_SASRecBlock(dim, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(_SASRecBlock(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
         nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
     def forward(self, history_ids: torch.Tensor) -> torch.Tensor:
+        valid = history_ids > 0
+        h = self.states(history_ids)
+        last = last_true_index(valid)                             # [B]
+        u = h[torch.arange(h.shape[0], device=h.device), last]
+        # A user with no history has no behavioral signal: a zero summary, not noise.
+        return u * valid.any(-1, keepdim=True)
+
+    def states(self, history_ids: torch.Tensor) -> torch.Tensor:
+        """The state after each position, [B, H, d] (padding positions hold no meaning)."""
         valid = history_ids > 0                                   # [B, H]
         pos = (valid.long().cumsum(-1) - 1).clamp_min(0)          # positions follow the mask
-        h = (self.item_emb(history_ids) + self.pos_emb(pos)) * valid.unsqueeze(-1)
+        h = self.drop((self.item_emb(history_ids) + self.pos_emb(pos)) * valid.unsqueeze(-1))
         n = history_ids.shape[1]
         idx = torch.arange(n, device=history_ids.device)
         causal = idx[None, :] <= idx[:, None]                     # [H, H] query i sees key j<=i
@@ -66,11 +85,7 @@ class SASRecEncoder(nn.Module):
         mask = allowed.unsqueeze(1)                               # broadcast over heads
         for block in self.blocks:
             h = block(h, mask)
-        h = self.norm(h)
-        last = last_true_index(valid)                             # [B]
-        u = h[torch.arange(h.shape[0], device=h.device), last]
-        # A user with no history has no behavioral signal: a zero summary, not noise.
-        return u * valid.any(-1, keepdim=True)
+        return self.norm(h)
 
 
 def last_true_index(mask: torch.Tensor) -> torch.Tensor:

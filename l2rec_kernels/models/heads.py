@@ -81,18 +81,27 @@ class CrossViewFusion(nn.Module):
 
         β = σ(MLP([h_b; h_s; h_b ⊙ h_s]))          (one gate per preference dimension)
         z = β · P_b h_b + (1 − β) · P_s h_s  ∈ R^{d_pref}
+
+
+    ``views="behavioral"`` or ``"semantic"`` (an ablation, ``L2RecConfig.fusion_views``)
+    fixes β to 1 or 0: the preference is that view's projection alone.
     """
 
-    def __init__(self, hidden: int, pref_dim: int, mlp_hidden: int) -> None:
+    def __init__(self, hidden: int, pref_dim: int, mlp_hidden: int, views: str = "both") -> None:
         super().__init__()
         self.gate = nn.Sequential(nn.Linear(3 * hidden, mlp_hidden), nn.GELU(),
                                   nn.Linear(mlp_hidden, pref_dim))
         self.proj_b = nn.Linear(hidden, pref_dim)
         self.proj_s = nn.Linear(hidden, pref_dim)
+        self.views = views
 
     def forward(self, h_b: torch.Tensor, h_s: torch.Tensor) -> torch.Tensor:
         dtype = self.proj_b.weight.dtype
         h_b, h_s = h_b.to(dtype), h_s.to(dtype)
+        if self.views == "behavioral":
+            return self.proj_b(h_b)
+        if self.views == "semantic":
+            return self.proj_s(h_s)
         beta = torch.sigmoid(self.gate(torch.cat([h_b, h_s, h_b * h_s], dim=-1)))
         return beta * self.proj_b(h_b) + (1 - beta) * self.proj_s(h_s)
 

@@ -5,6 +5,7 @@ For each example (``l2rec_kernels.data.Example``: user, history, target, seen):
 * ``input_ids``, ``attention_mask`` [B, T]: the prompt the server would build for that
   history (``prompt_builder``, e.g. ``TitlePromptBuilder``), left-padded with token 0 to the
   longest prompt of the batch (the model reads each prompt's last token);
+* the prompt lists the last ``prompt_history`` items (default: ``max_history``);
 * ``history_ids`` [B, max_history]: the last ``max_history`` history items, 0-padded on the
   right (the view encoders follow the padding mask, either side works);
 * ``labels`` [B]: the target item ids (whole-catalogue cross-entropy);
@@ -46,13 +47,20 @@ def _padded(rows: Sequence[Sequence[int]], width: int | None = None) -> torch.Te
 class L2RecCollator:
     """Examples -> ``{input_ids, attention_mask, history_ids, labels, seen[, candidates]}``."""
 
-    def __init__(self, prompt_builder: Callable[[Sequence[int]], list[int]], max_history: int) -> None:
+    def __init__(self, prompt_builder: Callable[[Sequence[int]], list[int]], max_history: int,
+                 prompt_history: int | None = None) -> None:
         if not callable(prompt_builder):
             raise TypeError(f"prompt_builder must be callable (history -> token ids), got "
                             f"{type(prompt_builder).__name__}")
-        if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
-            raise ValueError(f"max_history must be a positive int, got {max_history!r}")
+        for name, value in (("max_history", max_history), ("prompt_history", prompt_history)):
+            if value is None and name == "prompt_history":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.prompt_builder, self.max_history = prompt_builder, max_history
+        # The prompt may list fewer items than the view encoders read: a prompt's cost grows
+        # with its length in every backbone layer, a history's only in the small SASRec.
+        self.prompt_history = prompt_history or max_history
 
     def __call__(self, features: Sequence) -> dict[str, torch.Tensor]:
         if not features:
@@ -63,7 +71,7 @@ class L2RecCollator:
             raise ValueError("a batch mixes examples with and without sampled candidates")
         prompts = []
         for ex in examples:
-            tokens = self.prompt_builder(ex.history)
+            tokens = self.prompt_builder(ex.history[-self.prompt_history:])
             if not tokens:
                 raise ValueError(f"the prompt builder returned no tokens for user {ex.user}")
             prompts.append(tokens)
