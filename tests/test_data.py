@@ -56,6 +56,8 @@ CASES = {
     "csv": ("csv:csv", {}, "", None, {"items_without_title": 0}),
     "tsv": ("csv:tsv/events.tsv", TSV, "", None, {}),
     "parquet": ("parquet:parquet/interactions.parquet", {}, "", None, {}),
+    # RecBole atomic files: float timestamps ("50.0"), the year appended from release_year.
+    "recbole": ("recbole:recbole", {}, "", None, {"title_rows": 7, "items_without_title": 0}),
 }
 
 
@@ -246,7 +248,7 @@ def test_fixtures_are_what_the_script_writes(tmp_path):
     module.main(str(tmp_path))
     written = sorted(os.path.relpath(os.path.join(d, f), tmp_path)
                      for d, _, files in os.walk(tmp_path) for f in files)
-    assert len(written) == 17
+    assert len(written) == 21
     for rel in written:
         ours = os.path.join(HERE, rel)
         if rel.endswith(".parquet"):  # bytes hold the writer's version: compare the table

@@ -7,7 +7,9 @@
 Formats (``FORMATS``): ``movielens`` (``ratings.dat``/``movies.dat``, ``u.data``/``u.item``,
 ``ratings.csv``/``movies.csv``), ``amazon2014``, ``amazon2018``, ``amazon2023`` (reviews and
 metadata JSON lines), ``csv`` and ``parquet`` (user, item, timestamp and optional title
-columns). See ``locate`` for the folder layouts, ``readers`` for the fields,
+columns), ``recbole`` (RecBole atomic files: ``<name>.inter`` + ``<name>.item``; or
+``recbole:ml-100k``, the example set of an installed RecBole, e.g. the ``.venv-peers`` that
+``make peers`` builds). See ``locate`` for the folder layouts, ``readers`` for the fields,
 ``pipeline`` for filtering and ids, ``titles`` for the title rules, ``sequences`` for the split.
 """
 

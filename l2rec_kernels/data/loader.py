@@ -17,9 +17,10 @@ def load_sequences(spec: str | os.PathLike, min_interactions: int = 5, max_histo
 
     Args:
         spec: ``"FORMAT:PATH"``, FORMAT one of ``FORMATS`` (``movielens``, ``amazon2014``,
-            ``amazon2018``, ``amazon2023``, ``csv``, ``parquet``), PATH a file or the folder
-            holding the data set's files as distributed (e.g. an ``ml-1m`` folder; see
-            ``l2rec_kernels.data.locate`` for what each format looks for).
+            ``amazon2018``, ``amazon2023``, ``csv``, ``parquet``, ``recbole``), PATH a file or
+            the folder holding the data set's files as distributed (e.g. an ``ml-1m`` folder;
+            see ``l2rec_kernels.data.locate`` for what each format looks for). ``recbole:NAME``
+            (e.g. ``recbole:ml-100k``) reads the example data set of an installed RecBole.
         min_interactions: k-core threshold: users and items are removed until each has at
             least this many interactions (0 or 1: no filtering).
         max_history: the default history length of ``split`` examples (None: no limit).
@@ -30,7 +31,11 @@ def load_sequences(spec: str | os.PathLike, min_interactions: int = 5, max_histo
         **options: per format: ``titles_path`` (movielens, amazon*: the title/metadata file,
             instead of the one found beside the data); ``user_col``, ``item_col``,
             ``time_col``, ``title_col`` (csv, parquet: column names, default ``user``,
-            ``item``, ``timestamp`` and ``title`` when present) and ``delimiter`` (csv).
+            ``item``, ``timestamp`` and ``title`` when present) and ``delimiter`` (csv);
+            ``user_field``, ``item_field``, ``time_field``, ``title_field``, ``titles_path``
+            (recbole: field names, default ``user_id``, ``item_id``, ``timestamp`` (absent:
+            file order is time order) and the first of ``movie_title``, ``title``,
+            ``item_name``, ``name`` in the ``.item`` file; the ``.item`` file).
 
     Returns:
         ``SequenceData`` with ``sequences``, ``item_ids``, ``user_ids``, ``titles``,

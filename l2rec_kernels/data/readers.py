@@ -10,11 +10,14 @@ splitting and converting are pyarrow's (see ``_arrow_io``).
 | amazon2014/2018 | `reviewerID`, `asin`, `unixReviewTime` | `asin`, `title` |
 | amazon2023 | `user_id`, `parent_asin`, `timestamp` | `parent_asin`, `title` |
 | csv / parquet | `user`, `item`, `timestamp` [, `title`] | (the same file) |
+| recbole | `user_id:token`, `item_id:token`, `timestamp:float` | `item_id`, `movie_title`, `release_year` |
 
 Every rating counts as an interaction (implicit feedback, as is usual for these sets).
 MovieLens text is UTF-8, or Latin-1 where it is not valid UTF-8 (ml-1m's ``movies.dat``,
 ml-100k's ``u.item``). Amazon files are JSON lines; the 2014 metadata files as distributed
 are Python literals, not JSON, and must be converted first (the error says how).
+RecBole atomic files (``.inter``, ``.item``) are tab-separated, unquoted, with a typed
+header (``name:type``); without a timestamp field, file order is the time order.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._arrow_io import (
     LineNumbers,
     check_ids,
+    first_failure,
     read_csv_columns,
     read_json_columns,
     read_lines,
@@ -36,7 +42,7 @@ from ._arrow_io import (
     to_timestamps,
 )
 from .errors import DataFileError
-from .locate import Located, locate_amazon, locate_movielens, locate_table
+from .locate import Located, locate_amazon, locate_movielens, locate_recbole, locate_table
 from .titles import TitleSource
 
 
@@ -159,11 +165,134 @@ def read_table(path: str, fmt: str, *, user_col: str = "user", item_col: str = "
     return Interactions(users, items, ts, titles, located)
 
 
+# ----------------------------------------------------------------------------- RecBole
+
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+RECBOLE_TITLE_FIELDS = ("movie_title", "title", "item_name", "name")
+RECBOLE_YEAR_FIELDS = ("release_year", "year")
+
+
+def _recbole_table(path: str) -> tuple[dict[str, pa.ChunkedArray], dict[str, str], np.ndarray]:
+    """An atomic file's fields by name (strings), their types from the header, and the line
+    number of each row. The header (line 1) is ``name:type`` cells separated by tabs."""
+    lines, _ = read_lines(path, latin1_fallback=True)
+    if len(lines) == 0 or not lines[0].as_py().strip():
+        raise DataFileError(path, "the header line is empty (expected tab-separated name:type cells, "
+                                  "e.g. user_id:token)", line=1)
+    cells = lines[0].as_py().split("\t")
+    names: list[str] = []
+    types: dict[str, str] = {}
+    for cell in cells:
+        name, sep, kind = cell.strip().rpartition(":")
+        if not sep or not name:
+            raise DataFileError(path, f"header cell {cell!r} is not name:type (types: "
+                                      f"{', '.join(RECBOLE_TYPES)})", line=1, field=cell)
+        if kind not in RECBOLE_TYPES:
+            raise DataFileError(path, f"header cell {cell!r} has an unknown type {kind!r} (types: "
+                                      f"{', '.join(RECBOLE_TYPES)})", line=1, field=name)
+        if name in types:
+            raise DataFileError(path, f"field {name!r} appears twice in the header", line=1, field=name)
+        names.append(name)
+        types[name] = kind
+    # The header has exactly len(names) cells, so it splits like a row; it is then dropped.
+    fields, line_numbers = split_lines(lines, "\t", len(names), path)
+    return {n: f[1:] for n, f in zip(names, fields)}, types, line_numbers[1:]
+
+
+def _require(path: str, cols: dict, name: str) -> None:
+    if name not in cols:
+        raise DataFileError(path, f"no such field in the header (fields: {list(cols)})", line=1, field=name)
+
+
+def _recbole_times(values: pa.ChunkedArray, path: str, field: str, lines: np.ndarray) -> pa.ChunkedArray:
+    """Timestamps: int64 when every value is an integer, else float64 (exact for integer
+    seconds, never float32); anything else (empty, NaN, text) raises naming its line."""
+    values = pc.utf8_trim_whitespace(values)
+    for kind in (pa.int64(), pa.float64()):
+        try:
+            out = pc.cast(values, kind)
+            break
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    else:
+        def ok(a: int, b: int) -> bool:
+            try:
+                pc.cast(values[a:b], pa.float64())
+                return True
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return False
+        i = first_failure(len(values), ok)
+        raise DataFileError(path, f"expected a number, got {values[i].as_py()!r}", line=int(lines[i]),
+                            field=field)
+    if pa.types.is_floating(out.type):
+        bad = np.flatnonzero(~np.isfinite(out.to_numpy()))
+        if bad.size:
+            i = int(bad[0])
+            raise DataFileError(path, f"expected a finite number, got {values[i].as_py()!r}",
+                                line=int(lines[i]), field=field)
+    return out
+
+
+def _recbole_titles(path: str, item_field: str, title_field: str | None) -> TitleSource | None:
+    cols, _, lines = _recbole_table(path)
+    if title_field is not None:
+        _require(path, cols, title_field)
+    else:
+        title_field = next((f for f in RECBOLE_TITLE_FIELDS if f in cols), None)
+        if title_field is None:
+            return None  # an .item file with features but no titles
+    _require(path, cols, item_field)
+    titles = cols[title_field]
+    year_field = next((f for f in RECBOLE_YEAR_FIELDS if f in cols), None)
+    if year_field is not None:
+        year = pc.utf8_trim_whitespace(cols[year_field])
+        has = pc.and_(pc.greater(pc.binary_length(year), 0),
+                      pc.greater(pc.binary_length(pc.utf8_trim_whitespace(titles)), 0))
+        titles = pc.if_else(has, pc.binary_join_element_wise(titles, " (", year, ")", ""), titles)
+    return TitleSource(path, check_ids(cols[item_field], path, item_field, lines), titles, lines,
+                       field=title_field)
+
+
+def read_recbole(path: str, *, user_field: str = "user_id", item_field: str = "item_id",
+                 time_field: str | None = None, title_field: str | None = None,
+                 titles_path: str | None = None) -> Interactions:
+    """RecBole atomic files: a ``.inter`` file (or the folder holding exactly one) and the
+    ``.item`` file of the same stem beside it (``titles_path`` overrides).
+
+    Fields and their types come from the header (``name:type``, types ``token``,
+    ``token_seq``, ``float``, ``float_seq``); the user, item and time fields are RecBole's
+    defaults ``user_id``, ``item_id`` and ``timestamp`` unless named. Without a timestamp
+    field (and none named), file order is the time order: timestamps are the row index.
+    Timestamps are read exactly (int64, or float64 when some value has a fraction). Titles
+    come from the ``.item`` file's ``title_field``, else the first of ``movie_title``,
+    ``title``, ``item_name``, ``name`` present (no such field: no titles), with the year
+    appended as ``"<title> (<year>)"`` when a ``release_year`` or ``year`` field is present
+    and non-empty."""
+    located = locate_recbole(path)
+    if titles_path is not None:
+        located.titles = titles_path
+    file = located.interactions
+    cols, _, lines = _recbole_table(file)
+    _require(file, cols, user_field)
+    _require(file, cols, item_field)
+    users = check_ids(cols[user_field], file, user_field, lines)
+    items = check_ids(cols[item_field], file, item_field, lines)
+    if time_field is None and "timestamp" not in cols:
+        ts = pa.chunked_array([pa.array(np.arange(len(lines), dtype=np.int64))])
+    else:
+        time_field = time_field or "timestamp"
+        _require(file, cols, time_field)
+        ts = _recbole_times(cols[time_field], file, time_field, lines)
+    titles = _recbole_titles(located.titles, item_field, title_field) if located.titles else None
+    return Interactions(users, items, ts, titles, located)
+
+
 READERS_OPTIONS = {
     "movielens": {"titles_path"},
     "amazon2014": {"titles_path"}, "amazon2018": {"titles_path"}, "amazon2023": {"titles_path"},
     "csv": {"user_col", "item_col", "time_col", "title_col", "delimiter"},
     "parquet": {"user_col", "item_col", "time_col", "title_col"},
+    "recbole": {"user_field", "item_field", "time_field", "title_field", "titles_path"},
 }
 
 
@@ -181,4 +310,6 @@ def read_interactions(fmt: str, path: str, **options) -> Interactions:
         return read_movielens(path, **options)
     if fmt.startswith("amazon"):
         return read_amazon(path, fmt, **options)
+    if fmt == "recbole":
+        return read_recbole(path, **options)
     return read_table(path, fmt, **options)

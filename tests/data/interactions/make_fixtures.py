@@ -2,12 +2,12 @@
 
     python tests/data/interactions/make_fixtures.py [OUT_DIR]     (default: this folder)
 
-Two data sets:
+Three data sets:
 
 * **toy**: 24 interaction rows of 6 users and 7 items, written in every format the readers
   take, laid out as the data sets are distributed (``ml-1m/``, ``ml-100k/``,
   ``ml-latest-small/``, ``amazon2014/``, ``amazon2018/``, ``amazon2023/``, ``csv/``,
-  ``tsv/``, ``parquet/``). Its rows hold timestamp ties, an exact duplicate row, users and
+  ``tsv/``, ``parquet/``, ``recbole/``). Its rows hold timestamp ties, an exact duplicate row, users and
   items that 3-core filtering removes (over two rounds) and titles, so the expected
   sequences can be checked by hand (``tests/test_data.py`` spells them out).
 * **ml-demo**: a synthetic MovieLens-1M-style folder (``ratings.dat`` + ``movies.dat``), 300
@@ -15,6 +15,11 @@ Two data sets:
   whose word is in every title of theirs, items of a genre form a chain (item j is usually
   followed by item j + 1 of the same genre), users have a favourite genre and move through
   genre runs in time order. A model that reads the sequence beats the most-popular ranking.
+* **recbole-demo**: a small synthetic RecBole atomic data set (``recbole-demo.inter`` +
+  ``recbole-demo.item``), 60 users x 48 items, built the way ml-demo is (genre chains,
+  favourite genres), with integer-valued ``float`` timestamps, ties within users, users'
+  rows interleaved in the file as in RecBole's ml-100k, and a few titles with commas and
+  quotes (RecBole files are not quoted) or without a release year.
 
 Only the standard library is needed, except for the Parquet file (pyarrow).
 """
@@ -47,6 +52,8 @@ TOY_TITLES = {
     104: "Night Train (1990)", 105: "Dark Forest (1989)", 106: "Silent River (1999)",
     107: "Golden Road (2000)",
 }
+RECBOLE_INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+RECBOLE_ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
 TOY_GENRES = {101: "Action", 102: "Drama", 103: "Comedy|Romance", 104: "Thriller", 105: "Horror",
               106: "Drama", 107: "Western"}
 
@@ -113,6 +120,13 @@ def write_toy(out: str) -> None:
     _write(f"{out}/tsv/events.tsv", "uid\tiid\twhen\tname\n" + "".join(
         f"u{u}\ti{i}\t{_iso(t)}\t{TOY_TITLES[i]}\n" for u, i, t in TOY_ROWS))
     _write_parquet(f"{out}/parquet/interactions.parquet")
+    # RecBole atomic files: typed tab-separated header, float timestamps written "50.0", the
+    # year in its own field (the reader appends it to the title again).
+    _write(f"{out}/recbole/toy.inter", RECBOLE_INTER_HEADER + "".join(
+        f"{u}\t{i}\t{rating(u, i)}.0\t{t}.0\n" for u, i, t in TOY_ROWS))
+    _write(f"{out}/recbole/toy.item", RECBOLE_ITEM_HEADER
+           + "".join(f"{i}\t{TOY_TITLES[i][:-7]}\t{TOY_TITLES[i][-5:-1]}\t{TOY_GENRES[i].replace('|', ' ')}\n"
+                     for i in sorted(TOY_TITLES)))
 
 
 def _iso(seconds: int) -> str:
@@ -206,9 +220,81 @@ def write_demo(out: str) -> None:
            "".join(f"{m}::{title}::{genres}\n" for m, title, genres, _, _ in demo_items()), "latin-1")
 
 
+# ---------------------------------------------------------------- recbole-demo: RecBole atomic files
+
+RB_GENRES = [("space", "Sci-Fi"), ("love", "Romance"), ("war", "War"), ("magic", "Fantasy")]
+RB_GENRE_WEIGHTS = [0.35, 0.3, 0.2, 0.15]
+RB_USERS, RB_PER_GENRE = 60, 12
+RB_STAY = 0.8  # chance that the next item continues the current genre's chain
+# Titles RecBole files hold as they are (no quoting): a comma, quotes; one item has no year.
+RB_SPECIAL = {5: "Last Space Road, The", 17: 'The "Secret" Love Garden', 30: "Wild War Night, Part II"}
+RB_NO_YEAR = 42
+
+
+def recbole_demo_items() -> list[tuple[int, str, str, str, int, int]]:
+    """(item id, movie_title, release_year, class, genre index, chain position), ids 1..48."""
+    rng = random.Random(5)
+    items = []
+    for g, (word, label) in enumerate(RB_GENRES):
+        pairs = rng.sample([(a, n) for a in DEMO_ADJ for n in DEMO_NOUN], RB_PER_GENRE)
+        for j, (adj, noun) in enumerate(pairs):
+            iid = g * RB_PER_GENRE + j + 1
+            title = RB_SPECIAL.get(iid, f"{adj.capitalize()} {word.capitalize()} {noun.capitalize()}")
+            year = "" if iid == RB_NO_YEAR else str(rng.randint(1970, 2005))
+            extra = rng.choice(["", " Drama", " Adventure"])
+            items.append((iid, title, year, label + extra, g, j))
+    return items
+
+
+def recbole_demo_rows() -> list[tuple[int, int, str, int]]:
+    """(user, item, rating, timestamp) in file order: users interleaved, ties within a user
+    listed in the order they were generated."""
+    rng = random.Random(13)
+    ids = {(g, j): iid for iid, _, _, _, g, j in recbole_demo_items()}
+    rows = []
+    for user in range(1, RB_USERS + 1):
+        favourite = rng.choices(range(len(RB_GENRES)), RB_GENRE_WEIGHTS)[0]
+        second = rng.choice([g for g in range(len(RB_GENRES)) if g != favourite])
+        length = rng.randint(8, 20)
+        genre, pos = favourite, rng.randrange(RB_PER_GENRE)
+        seen, seq = set(), []
+        while len(seq) < length:
+            if all((genre, p) in seen for p in range(RB_PER_GENRE)):  # genre used up: the other
+                genre = favourite if genre != favourite else second
+            while (genre, pos) in seen:  # the chain skips what the user already has
+                pos = (pos + 1) % RB_PER_GENRE
+            seen.add((genre, pos))
+            seq.append(ids[genre, pos])
+            if rng.random() < RB_STAY:
+                pos = (pos + 1) % RB_PER_GENRE
+            else:
+                genre = favourite if genre != favourite else second
+                pos = rng.randrange(RB_PER_GENRE)
+        t = 874_700_000 + rng.randrange(20_000_000)
+        for iid in seq:
+            rows.append((user, iid, rng.choice(["3", "4", "5", "3.5", "4.5"]), t))
+            t += 0 if rng.random() < 0.08 else rng.randint(60, 86_400)  # some ties
+    # Shuffle the whole file, then put each (user, time) tie back in generated order.
+    order = sorted(range(len(rows)), key=lambda k: (rng.random(), k))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k in order:
+        groups.setdefault((rows[k][0], rows[k][3]), []).append(k)
+    queues = {key: iter(sorted(ks)) for key, ks in groups.items()}
+    return [rows[next(queues[rows[k][0], rows[k][3]])] for k in order]
+
+
+def write_recbole_demo(out: str) -> None:
+    _write(f"{out}/recbole-demo/recbole-demo.inter",
+           RECBOLE_INTER_HEADER + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in recbole_demo_rows()))
+    _write(f"{out}/recbole-demo/recbole-demo.item",
+           RECBOLE_ITEM_HEADER + "".join(f"{i}\t{title}\t{year}\t{cls}\n"
+                                         for i, title, year, cls, _, _ in recbole_demo_items()))
+
+
 def main(out: str = HERE) -> None:
     write_toy(out)
     write_demo(out)
+    write_recbole_demo(out)
 
 
 if __name__ == "__main__":
