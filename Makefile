@@ -107,6 +107,20 @@ docs: $(VENV)/.l2rec-docs
 clean:
 	rm -rf $(VENV) build *.egg-info
 
+# RecBole 1.2.1, the peer library of the comparison rows (l2rec_kernels/peers.py), in its own
+# environment $(PEERS_VENV): never imported into $(VENV). Rebuilt when the requirements change.
+# recbole itself with --no-deps: its ray<=2.6.3 pin is only for its hyper-parameter tuning
+# (recbole.quick_start imports ray and is never imported). About 40 s with the wheels cached.
+.PHONY: peers
+PEERS_VENV ?= .venv-peers
+PEERS_REQ  := peers/requirements-recbole.txt
+peers: $(PEERS_VENV)/.recbole
+$(PEERS_VENV)/.recbole: $(PEERS_REQ)
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q -r $(PEERS_REQ)
+	$(PEERS_VENV)/bin/python -m pip install -q --no-deps recbole==1.2.1
+	@touch $@
+
 # Train on the demo fixture (tests/data/interactions/ml-demo: 300 users, 150 items, the
 # MovieLens-1M layout) with the tiny backbone, then evaluate on its test split next to
 # most-popular and random; fails unless the model beats both on HR@10 and NDCG@10. One CPU
@@ -121,3 +135,15 @@ train-demo: $(VENV)/.l2rec-train
 		--no-progress --logging-steps 50
 	L2REC_THREADS=1 $(PY) -m l2rec_kernels.evaluate --checkpoint $(TRAIN_DEMO_OUT) \
 		--json $(TRAIN_DEMO_OUT)/test_metrics.json --require-beating-baselines
+
+# L2Rec next to our SASRec, popularity, random and RecBole's SASRec, BERT4Rec and Pop on one
+# split, each trained within the same wall-clock budget (python -m l2rec_kernels.compare;
+# docs/compare.md). The default: MovieLens-100K from the recbole wheel of $(PEERS_VENV), the
+# tiny backbone, 6 minutes per row; tables, CSV, JSON and plot into $(COMPARE_OUT), the runs
+# into build/compare. make compare COMPARE_ARGS="--budget-min 1 --peers sasrec" passes arguments on.
+.PHONY: compare
+COMPARE_OUT ?= bench/results
+COMPARE_ARGS ?=
+compare: $(VENV)/.l2rec-compare $(PEERS_VENV)/.recbole
+	$(PY) -m l2rec_kernels.compare --data recbole:ml-100k --backbone tiny --out $(COMPARE_OUT) \
+		--runs build/compare --peer-env $(PEERS_VENV) $(COMPARE_ARGS)

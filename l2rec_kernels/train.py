@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--sasrec-batch-size", type=int, default=32, help="windows per step")
     s1.add_argument("--sasrec-lr", type=float, default=1e-3)
     s1.add_argument("--sasrec-dropout", type=float, default=0.2)
+    s1.add_argument("--sasrec-ffn", type=int, default=None,
+                    help="feed-forward width (default: --behavior-dim)")
     s1.add_argument("--sasrec-patience", type=int, default=10,
                     help="epochs without a better validation NDCG@10 before stopping")
     s1.add_argument("--sasrec-budget-share", type=float, default=0.5,
@@ -290,6 +292,7 @@ def main(argv=None) -> int:
                          rank=args.rank, alpha=args.alpha, top_k=args.top_k,
                          behavior_dim=args.behavior_dim, pref_dim=args.pref_dim,
                          train_view_encoders=args.train_view_encoders, sasrec_dropout=args.sasrec_dropout,
+                         sasrec_ffn=args.sasrec_ffn,
                          fusion_views=args.fusion_views)
     stage1 = _stage1(args, data, config, out, resume, start, main_process, say)
     torch.manual_seed(args.seed)  # the L2Rec weights' initialisation

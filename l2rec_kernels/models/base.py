@@ -87,7 +87,8 @@ class L2RecBase(nn.Module):
         })
         self.behavior_encoder = SASRecEncoder(config.num_items, config.behavior_dim,
                                               config.max_history, config.sasrec_layers,
-                                              config.sasrec_heads, config.sasrec_dropout)
+                                              config.sasrec_heads, config.sasrec_dropout,
+                                              config.sasrec_ffn)
         table = torch.randn(config.num_items + 1, d_sem) * d_sem ** -0.5
         table[0] = 0.0
         # The item-text table is data, not a parameter: set it from titles with

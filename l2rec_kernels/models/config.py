@@ -80,6 +80,7 @@ class L2RecConfig:
     sasrec_layers: int = 2
     sasrec_heads: int = 2
     sasrec_dropout: float = 0.0     # SASRec's dropout while it trains (stage 1, or unfrozen)
+    sasrec_ffn: int | None = None   # SASRec's feed-forward width; None = behavior_dim
     fusion_views: str = "both"      # an ablation: "behavioral" or "semantic" alone makes z
     score_temperature: float = 1.0  # tau_s in scores = z e_i^T / tau_s
     train_view_encoders: bool = False  # the paper freezes SASRec and the text table
@@ -135,6 +136,10 @@ class L2RecConfig:
                                        or not 1 <= self.top_k <= self.num_experts):
             raise ValueError(f"L2RecConfig.top_k must be None or an int in [1, num_experts="
                              f"{self.num_experts}], got {self.top_k!r}")
+        if self.sasrec_ffn is not None and (isinstance(self.sasrec_ffn, bool)
+                                            or not isinstance(self.sasrec_ffn, int) or self.sasrec_ffn < 1):
+            raise ValueError(f"L2RecConfig.sasrec_ffn must be None or a positive int, "
+                             f"got {self.sasrec_ffn!r}")
         if self.fusion_views not in FUSION_VIEWS:
             raise ValueError(f"L2RecConfig.fusion_views must be one of {FUSION_VIEWS}, "
                              f"got {self.fusion_views!r}")

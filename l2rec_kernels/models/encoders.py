@@ -21,14 +21,15 @@ from torch import nn
 
 
 class _SASRecBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, inner: int | None = None) -> None:
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        inner = inner or dim
+        self.ffn = nn.Sequential(nn.Linear(dim, inner), nn.GELU(), nn.Linear(inner, dim))
         # (parameter-free, outside ffn: checkpoints from before dropout keep their keys)
         self.drop = nn.Dropout(dropout)
 
@@ -48,14 +49,15 @@ class SASRecEncoder(nn.Module):
     ``forward`` gives the state at the last real item (the user summary u_b); ``states``
     gives the state at every position, which is what SASRec trains on: state t predicts
     item t + 1 by ``states[:, t] @ item_emb.weight.T`` (``l2rec_kernels.training.sasrec``).
-    ``dropout`` (embeddings, attention, residual branches) acts in training mode only."""
+    ``dropout`` (embeddings, attention, residual branches) acts in training mode only;
+    ``ffn`` is the feed-forward width (None: ``dim``)."""
 
     def __init__(self, num_items: int, dim: int, max_len: int, layers: int, heads: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, ffn: int | None = None) -> None:
         super().__init__()
         self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, dim)
-        self.blocks = nn.ModuleList(_SASRecBlock(dim, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(_SASRecBlock(dim, heads, dropout, ffn) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
         nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)

@@ -55,15 +55,17 @@ class SASRecSpec:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.2
+    ffn: int | None = None
 
     def build(self) -> SASRecEncoder:
-        return SASRecEncoder(self.num_items, self.dim, self.max_len, self.layers, self.heads, self.dropout)
+        return SASRecEncoder(self.num_items, self.dim, self.max_len, self.layers, self.heads, self.dropout,
+                             self.ffn)
 
     @classmethod
     def of_config(cls, config) -> SASRecSpec:
         """The spec an ``L2RecConfig``'s behavior encoder has."""
         return cls(config.num_items, config.behavior_dim, config.max_history, config.sasrec_layers,
-                   config.sasrec_heads, config.sasrec_dropout)
+                   config.sasrec_heads, config.sasrec_dropout, config.sasrec_ffn)
 
 
 class Window(tuple):
@@ -265,7 +267,7 @@ def load_sasrec(path: str) -> tuple[SASRecEncoder, SASRecSpec]:
 def load_into_l2rec(model, encoder: SASRecEncoder, spec: SASRecSpec) -> None:
     """Copy a stage-1 encoder into an L2Rec model's behavior encoder (shapes checked)."""
     want = SASRecSpec.of_config(model.config)
-    for field in ("num_items", "dim", "max_len", "layers", "heads"):
+    for field in ("num_items", "dim", "max_len", "layers", "heads", "ffn"):
         if getattr(spec, field) != getattr(want, field):
             raise ValueError(f"the stage-1 SASRec has {field}={getattr(spec, field)} but the L2Rec "
                              f"config needs {getattr(want, field)}")
