@@ -45,10 +45,11 @@ DEFAULT_BUDGET_MIN = 6.0
 OUR_PEERS = ("sasrec", "bert4rec", "pop")
 # L2Rec's default recipe for this comparison (chosen on the validation split of ML-100K:
 # docs/compare.md): the SASRec window of 50 items (RecBole's MAX_ITEM_LIST_LENGTH), the
-# prompt's last 10 titles, each user's last 20 training positions for stage 2.
+# prompt's last 10 titles (a third of the cost of 50), every training position, a constant
+# learning rate (the budget, not a schedule, ends the run), evaluated every 300 steps.
 L2REC_RECIPE = ("--max-history", "50", "--prompt-history", "10", "--max-prompt-tokens", "160",
-                "--train-positions", "20", "--batch-size", "32", "--lr", "1e-3", "--lr-scheduler", "constant",
-                "--epochs", "100", "--eval-steps", "150", "--early-stopping-patience", "4")
+                "--train-positions", "0", "--batch-size", "32", "--lr", "3e-4", "--lr-scheduler", "constant",
+                "--epochs", "100", "--eval-steps", "300", "--early-stopping-patience", "4")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,8 +207,10 @@ def main(argv=None) -> int:
         return Row(name, table["model"], valid_ndcg=valid_table["model"]["NDCG@10"],
                    seconds=(s1.seconds if reuse else 0.0) + seconds, epochs=state.get("epoch"),
                    notes=f"stage 1 {stage1_s:.0f} s{' (the sasrec row)' if reuse else ''}, stage 2 "
-                         f"{state.get('global_step', 0)} steps on each user's last "
-                         f"{info.get('train_positions')} positions"), table
+                         f"{state.get('global_step', 0)} steps of 32 on "
+                         + (f"each user's last {n} training positions" if (n := info.get("train_positions"))
+                            else "every training position")
+                         + f", prompts of the last {info['prompt'].get('history')} titles"), table
 
     say(f"[{next(step)}/{total}] model: L2Rec (FusedL2Rec, two stages), budget {args.budget_min:g} min")
     model_row, table = l2rec_row("model", [])

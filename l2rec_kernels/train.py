@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--sasrec-epochs", type=float, default=200)
     s1.add_argument("--sasrec-batch-size", type=int, default=32, help="windows per step")
     s1.add_argument("--sasrec-lr", type=float, default=1e-3)
-    s1.add_argument("--sasrec-dropout", type=float, default=0.2)
+    s1.add_argument("--sasrec-dropout", type=float, default=0.5)
     s1.add_argument("--sasrec-ffn", type=int, default=None,
                     help="feed-forward width (default: --behavior-dim)")
     s1.add_argument("--sasrec-patience", type=int, default=10,

@@ -54,7 +54,7 @@ class SASRecSpec:
     max_len: int = 50
     layers: int = 2
     heads: int = 2
-    dropout: float = 0.2
+    dropout: float = 0.5
     ffn: int | None = None
 
     def build(self) -> SASRecEncoder:
