@@ -131,6 +131,26 @@ def test_item_table_invalidation(edit):
     assert not torch.equal(fresh, stale)
 
 
+def test_a_fused_optimiser_step_then_eval_scores_with_the_new_weights():
+    # torch.optim.AdamW(fused=True) (Hugging Face Trainer's default) updates the weights
+    # without bumping their version counters; eval() must still drop the cached table, or
+    # every validation after the first scores with the first one's item table.
+    _ref, fused = make_pair()
+    fused.eval()
+    stale = fused.item_table().clone()
+    fused.train()
+    opt = torch.optim.AdamW([p for p in fused.parameters() if p.requires_grad], lr=1e-2, fused=True)
+    b = batch(3)
+    fused(**b, labels=torch.tensor([1, 2, 3])).loss.backward()
+    version = fused.scorer.id_proj.weight._version
+    opt.step()
+    assert fused.scorer.id_proj.weight._version == version  # the trap itself
+    fused.eval()
+    fresh = fused.item_table()
+    torch.testing.assert_close(fresh, fused.item_embeddings(), rtol=0, atol=0)
+    assert not torch.equal(fresh, stale)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_extra_exclusions(backend):
     ref, fused = make_pair(backend)

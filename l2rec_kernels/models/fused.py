@@ -336,9 +336,12 @@ class FusedL2Rec(L2RecBase):
         """The whole item table e_i, [num_items + 1, pref_dim], cached between calls.
 
         The cache key is each source tensor's identity, storage, version counter, device
-        and dtype: any in-place change (``load_state_dict``, an optimiser step,
-        ``set_item_text_table``, an edit through the reference model sharing these
-        tensors), a replaced parameter or a ``.to()`` recomputes it. It costs one extra
+        and dtype: any in-place change (``load_state_dict``, ``set_item_text_table``, an
+        edit through the reference model sharing these tensors), a replaced parameter or a
+        ``.to()`` recomputes it. Some in-place updates leave the version counter alone
+        (``torch.optim.AdamW(fused=True)``, Trainer's default optimiser, does), so
+        ``train()`` and ``eval()`` also drop the cache: a training loop switching to
+        evaluation always scores with the current weights. It costs one extra
         [num_items + 1, pref_dim] tensor of memory; ``clear_item_cache()`` frees it.
         """
         key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype)
@@ -350,6 +353,11 @@ class FusedL2Rec(L2RecBase):
             table = self.item_embeddings().contiguous()
         self._item_cache = (key, table)  # one assignment: safe for concurrent readers
         return table
+
+    def train(self, mode: bool = True) -> FusedL2Rec:
+        # (see item_table: fused optimisers update the weights without a version bump)
+        self.clear_item_cache()
+        return super().train(mode)
 
     def clear_item_cache(self) -> None:
         """Drop the cached item table (it is rebuilt on the next ``recommend``)."""
