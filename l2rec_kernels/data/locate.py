@@ -79,6 +79,17 @@ def _find(folder: str, pattern: str) -> list[str]:
     return [f for f in names if rx.fullmatch(f) and os.path.isfile(os.path.join(folder, f))]
 
 
+def _the_only(folder: str, pattern: str, fmt: str, *, missing: str, several: str) -> str:
+    """The one file of ``folder`` matching ``pattern``; none or several raise, saying which."""
+    found = _find(folder, pattern)
+    if not found:
+        raise DataFileError(folder, missing)
+    if len(found) > 1:
+        raise DataFileError(folder, f"{several} ({', '.join(found)}); give one as "
+                                    f"{fmt}:{os.path.join(folder, found[0])}")
+    return os.path.join(folder, found[0])
+
+
 def _sibling(folder: str, names: list[str]) -> str | None:
     for name in names:
         path = os.path.join(folder, name)
@@ -125,16 +136,13 @@ def locate_amazon(path: str, fmt: str) -> Located:
     """Amazon reviews and metadata from a folder or a reviews file."""
     pattern, ext = _AMAZON[fmt]
     if os.path.isdir(path):
-        found = _find(path, pattern)
-        if not found:
-            example = {"amazon2014": "reviews_<Cat>_5.json", "amazon2018": "<Cat>_5.json or <Cat>.json",
-                       "amazon2023": "<Cat>.jsonl"}[fmt]
-            raise DataFileError(path, f"no {fmt} reviews file in this folder (expected {example}, "
-                                      f"optionally compressed)")
-        if len(found) > 1:
-            raise DataFileError(path, f"several {fmt} review files in this folder ({', '.join(found)}); "
-                                      f"give one as {fmt}:{os.path.join(path, found[0])}")
-        reviews, folder = os.path.join(path, found[0]), path
+        example = {"amazon2014": "reviews_<Cat>_5.json", "amazon2018": "<Cat>_5.json or <Cat>.json",
+                   "amazon2023": "<Cat>.jsonl"}[fmt]
+        reviews = _the_only(path, pattern, fmt,
+                            missing=f"no {fmt} reviews file in this folder (expected {example}, "
+                                    f"optionally compressed)",
+                            several=f"several {fmt} review files in this folder")
+        folder = path
     else:
         reviews, folder = path, os.path.dirname(path) or "."
     match = re.fullmatch(pattern, os.path.basename(reviews))
@@ -207,13 +215,10 @@ def find_recbole_dataset(name: str) -> str:
 def locate_recbole(path: str) -> Located:
     """A RecBole ``.inter`` file (or the only one in a folder) and its ``.item`` file beside it."""
     if os.path.isdir(path):
-        found = _find(path, r".+\.inter")
-        if not found:
-            raise DataFileError(path, "no RecBole .inter file in this folder (expected <name>.inter)")
-        if len(found) > 1:
-            raise DataFileError(path, f"several .inter files in this folder ({', '.join(found)}); give "
-                                      f"one as recbole:{os.path.join(path, found[0])}")
-        inter, folder = os.path.join(path, found[0]), path
+        inter = _the_only(path, r".+\.inter", "recbole",
+                          missing="no RecBole .inter file in this folder (expected <name>.inter)",
+                          several="several .inter files in this folder")
+        folder = path
     else:
         inter, folder = path, os.path.dirname(path) or "."
     stem = os.path.basename(inter)
