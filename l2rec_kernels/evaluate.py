@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     from .training.baselines import baseline_ranks, popularity_table
     from .training.build import default_template, item_titles, prompt_builder
     from .training.checkpoint import read_run_info
-    from .training.cli import ddp_backend
+    from .training.cli import ddp_backend, end_process_group
     from .training.collator import L2RecCollator, SampledExample
     from .training.trainer import L2RecTrainer
 
@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     trainer = L2RecTrainer(model=model, args=targs, data_collator=collator)
     model_ranks = torch.as_tensor(trainer.predict(dataset).predictions)
     scratch.cleanup()
+    end_process_group()  # the rest is the main process's, with no collective left
     if not main_process:
         return 0
 

@@ -265,6 +265,7 @@ def main(argv=None) -> int:
         prompt_builder,
     )
     from .training.checkpoint import write_run_info, write_titles
+    from .training.cli import end_process_group
     from .training.collator import L2RecCollator
     from .training.trainer import L2RecTrainer, ranking_compute_metrics
 
@@ -350,6 +351,7 @@ def main(argv=None) -> int:
     say(f"trained {state.global_step} steps in {result.metrics.get('train_runtime', 0):.1f} s "
         f"({time.perf_counter() - start:.1f} s in all)")
     say(f"wrote {out}")
+    end_process_group()
     return 0
 
 

@@ -17,6 +17,17 @@ def ddp_backend() -> str | None:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def end_process_group() -> None:
+    """Wait for every process, then tear the process group down (under ``torchrun``), so no
+    process exits while another still talks to it: a gloo group left to the interpreter's
+    exit was seen to abort a rank ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def run(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | None = None) -> int:
     """``main(argv)``, with a bad input (ValueError, FileNotFoundError) reported as one
     ``prog: error: ...`` line and exit status 2, like argparse's own errors. L2REC_THREADS
