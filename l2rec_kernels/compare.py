@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     spec = SASRecSpec(data.num_items, max_len=50)
     sasrec_dir = os.path.join(runs, "sasrec")
     encoder, s1 = train_sasrec(data, spec, sasrec_dir, budget_s=budget_s, seed=args.seed,
-                               progress=not args.no_progress, batch_size=32, say=say)
+                               progress=not args.no_progress, say=say)
     save_sasrec(encoder, spec, sasrec_dir, s1)
     rows.append(Row("sasrec", _metrics(sasrec_ranks(encoder, test, spec.max_len)),
                     valid_ndcg=_metrics(sasrec_ranks(encoder, valid, spec.max_len))["NDCG@10"],

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._backend import BACKENDS
     from .training.backbone import TINY, TINY_DEFAULTS
     from .training.build import PRESETS
+    from .training.sasrec import STAGE1_DEFAULTS, SASRecSpec
 
     ap = argparse.ArgumentParser(prog="python -m l2rec_kernels.train",
                                  description=__doc__.split("\n")[0],
@@ -80,13 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a trained stage-1 encoder (OUT/sasrec of an earlier run) instead of training one")
     s1.add_argument("--no-sasrec-stage", action="store_true",
                     help="skip stage 1: the frozen SASRec stays at its random initialisation")
-    s1.add_argument("--sasrec-epochs", type=float, default=200)
-    s1.add_argument("--sasrec-batch-size", type=int, default=32, help="windows per step")
-    s1.add_argument("--sasrec-lr", type=float, default=1e-3)
-    s1.add_argument("--sasrec-dropout", type=float, default=0.5)
+    s1.add_argument("--sasrec-epochs", type=float, default=STAGE1_DEFAULTS["epochs"])
+    s1.add_argument("--sasrec-batch-size", type=int, default=STAGE1_DEFAULTS["batch_size"],
+                    help="windows per step")
+    s1.add_argument("--sasrec-lr", type=float, default=STAGE1_DEFAULTS["lr"])
+    s1.add_argument("--sasrec-dropout", type=float, default=SASRecSpec.dropout)
     s1.add_argument("--sasrec-ffn", type=int, default=None,
                     help="feed-forward width (default: --behavior-dim)")
-    s1.add_argument("--sasrec-patience", type=int, default=10,
+    s1.add_argument("--sasrec-patience", type=int, default=STAGE1_DEFAULTS["patience"],
                     help="epochs without a better validation NDCG@10 before stopping")
     s1.add_argument("--sasrec-budget-share", type=float, default=0.5,
                     help="the share of --budget-min stage 1 may use")

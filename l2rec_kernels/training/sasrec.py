@@ -186,8 +186,14 @@ class SASRecResult:
     stopped_by_budget: bool
 
 
-def train_sasrec(data, spec: SASRecSpec, output_dir: str, *, epochs: float = 200, batch_size: int = 128,
-                 lr: float = 1e-3, weight_decay: float = 0.0, patience: int = 10,
+# Stage 1's optimisation settings, the one home of their defaults (train_sasrec, the train
+# CLI's --sasrec-* flags, and compare's sasrec row, which must be the same procedure).
+STAGE1_DEFAULTS = {"epochs": 200.0, "batch_size": 32, "lr": 1e-3, "patience": 10}
+
+
+def train_sasrec(data, spec: SASRecSpec, output_dir: str, *, epochs: float = STAGE1_DEFAULTS["epochs"],
+                 batch_size: int = STAGE1_DEFAULTS["batch_size"], lr: float = STAGE1_DEFAULTS["lr"],
+                 weight_decay: float = 0.0, patience: int = STAGE1_DEFAULTS["patience"],
                  budget_s: float | None = None, seed: int = 0, progress: bool = False,
                  say=print) -> tuple[SASRecEncoder, SASRecResult]:
     """Train a SASRec encoder of shape ``spec`` on ``data``'s training split (module
