@@ -39,6 +39,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..metrics import ranking_metrics, target_ranks
 from ..models.encoders import SASRecEncoder
+from .collator import _padded
 
 SASREC_CONFIG_NAME = "sasrec_config.json"
 SASREC_WEIGHTS_NAME = "sasrec_weights.safetensors"
@@ -97,24 +98,15 @@ class SASRecCollator:
     def __init__(self, max_len: int) -> None:
         self.max_len = max_len
 
-    @staticmethod
-    def _pad(rows, width: int | None = None) -> torch.Tensor:
-        width = max(width or 0, max((len(r) for r in rows), default=0), 1)
-        out = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            if len(r):
-                out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-        return out
-
     def __call__(self, features: Sequence) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("the collator got an empty batch")
         if isinstance(features[0], Window):
-            return {"input_ids": self._pad([f[0] for f in features]),
-                    "target_ids": self._pad([f[1] for f in features])}
-        return {"history_ids": self._pad([f.history[-self.max_len:] for f in features]),
+            return {"input_ids": _padded([f[0] for f in features]),
+                    "target_ids": _padded([f[1] for f in features])}
+        return {"history_ids": _padded([f.history[-self.max_len:] for f in features]),
                 "labels": torch.tensor([f.target for f in features], dtype=torch.long),
-                "seen": self._pad([f.seen for f in features])}
+                "seen": _padded([f.seen for f in features])}
 
 
 class SASRecModel(nn.Module):
