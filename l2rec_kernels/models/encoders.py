@@ -60,7 +60,15 @@ class SASRecEncoder(nn.Module):
         self.blocks = nn.ModuleList(_SASRecBlock(dim, heads, dropout, ffn) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
-        nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
+        # SASRec's usual initialisation (BERT's, as RecBole's SASRec uses): N(0, 0.02) for
+        # every linear and embedding weight, zero biases. Chosen on ML-100K's validation split
+        # over PyTorch's defaults with item embeddings at N(0, 1/dim), which trained far worse
+        # (docs/compare.md, "Stage 1's initialisation").
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
