@@ -63,7 +63,7 @@ def tiny(model_type: str):
 
 
 def adapted_leaf_names(model) -> set[str]:
-    names = {m: n for n, m in model.backbone.named_modules()}
+    names = {m: n for n, m in adapters.plain_modules(model.backbone)}
     return {names[m].rsplit(".", 1)[-1] for m in model.adapted_linears}
 
 
@@ -101,8 +101,10 @@ def test_gpt2_conv1d_layer_matches_the_formula():
     assert w.data_ptr() == module.weight.data_ptr() and not w.is_contiguous()  # a view
     x = torch.randn(2, 5, 32)
     gates = torch.softmax(torch.randn(2, ref.config.num_experts), -1)
-    with adapters.activate(adapters.ReferenceContext(ref._targets, 0, gates, 2.0)):
-        y = module(x)
+    wrapper = next(w for w in ref.backbone.modules()
+                   if isinstance(w, adapters.AdaptedLinear) and w.base_layer is module)
+    with ref.routing.activate(adapters.ReferenceContext(ref._targets, 0, gates, 2.0)):
+        y = wrapper(x)
     xd = x.double()
     expect = xd @ module.weight.double() + module.bias.double()
     for e in range(ref.config.num_experts):

@@ -21,8 +21,9 @@ from model_utils import (
 )
 from tolerances import REL_TOL, rel_err
 
-from l2rec_kernels.models import layer_shortcuts
+from l2rec_kernels.models import adapters, layer_shortcuts
 from l2rec_kernels.models.fused import FusedL2Rec
+from l2rec_kernels.models.layer_shortcuts import ShortcutDecoderLayer
 
 
 def make_models(arch="llama", backend="torch"):
@@ -121,13 +122,15 @@ def test_layer_shortcuts_setting():
 
 def test_remove_adapters_restores_the_layer():
     ref, pruned, full = make_models("llama")
-    layer = pruned.backbone.base_model.layers[-1]
-    assert "forward" in layer.__dict__
+    layers = pruned.backbone.base_model.layers
+    wrapper = layers[-1]
+    assert isinstance(wrapper, ShortcutDecoderLayer) and wrapper.owners == 2  # pruned, full
     pruned.remove_adapters()
-    assert "forward" in layer.__dict__  # ``full`` still owns a reference
+    assert layers[-1] is wrapper and wrapper.owners == 1  # ``full`` still uses it
     full.remove_adapters()
     ref.remove_adapters()
-    assert all("forward" not in m.__dict__ for m in pruned.backbone.modules())
+    assert layers[-1] is wrapper.base_layer
+    assert not any(adapters.is_wrapper(m) for m in pruned.backbone.modules())
 
 
 def test_gradients_flow_through_the_pruned_layer():
@@ -137,7 +140,7 @@ def test_gradients_flow_through_the_pruned_layer():
     assert any(last in n for n in names)  # the pruned layer's experts get gradients
 
 
-def test_plain_backbone_is_untouched_by_the_shim():
+def test_plain_backbone_is_untouched_by_the_wrappers():
     _, pruned, _ = make_models("llama")
     base = pruned.backbone.base_model
     ids = torch.randint(1, VOCAB, (2, 6))

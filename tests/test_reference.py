@@ -7,6 +7,7 @@ import torch
 from model_utils import NUM_ITEMS, VOCAB, batch, make_backbone, randomize_, repad
 from tolerances import REL_TOL, assert_close_tol, rel_err
 
+from l2rec_kernels.models import adapters
 from l2rec_kernels.models.base import gather_last
 from l2rec_kernels.models.config import L2RecConfig
 from l2rec_kernels.models.inputs import position_ids_from_mask
@@ -83,7 +84,7 @@ def test_zero_expert_b_gives_plain_backbone_hidden_states(arch):
 
 
 def test_adapted_linear_matches_float64_formula():
-    """One patched layer, checked against the DPMoE formula written out in float64."""
+    """One adapted layer, checked against the DPMoE formula written out in float64."""
     from l2rec_kernels.models import adapters
 
     model = make_model()
@@ -91,8 +92,10 @@ def test_adapted_linear_matches_float64_formula():
     module, experts = next(iter(model._targets.items()))
     x = torch.randn(2, 5, module.in_features)
     gates = torch.softmax(torch.randn(2, 4), -1)
-    with adapters.activate(adapters.ReferenceContext(model._targets, 1, gates, 2.0)):
-        y = module(x)
+    wrapper = next(w for w in model.backbone.modules()
+                   if isinstance(w, adapters.AdaptedLinear) and w.base_layer is module)
+    with model.routing.activate(adapters.ReferenceContext(model._targets, 1, gates, 2.0)):
+        y = wrapper(x)
     xd, w, bias = x.double(), module.weight.double(), module.bias
     expect = xd @ w.T + (0 if bias is None else bias.double())
     for e in range(4):
@@ -100,7 +103,7 @@ def test_adapted_linear_matches_float64_formula():
         expect = expect + 2.0 * gates[:, e].double()[:, None, None] * low
     assert rel_err(y, expect) < REL_TOL[torch.float32] / 10  # one small layer: no long sums
     # Outside a forward the backbone is plain again.
-    torch.testing.assert_close(module(x), torch.nn.functional.linear(x, module.weight, module.bias))
+    torch.testing.assert_close(wrapper(x), torch.nn.functional.linear(x, module.weight, module.bias))
 
 
 @pytest.mark.parametrize("arch", ("llama", "qwen2"))
@@ -190,7 +193,7 @@ def test_backbone_usable_after_remove_adapters():
     b = batch(2)
     before = plain_last_hidden(model, b)
     model.remove_adapters()
-    assert all("forward" not in m.__dict__ for m in bb.modules())
+    assert not any(adapters.is_wrapper(m) for m in bb.modules())
     torch.testing.assert_close(plain_last_hidden(model, b), before)
 
 

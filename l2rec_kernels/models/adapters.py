@@ -7,31 +7,35 @@ A linear layer is a ``torch.nn.Linear`` or a subclass of it (Falcon's ``FalconLi
 ``linear_weight`` and ``in_out_features`` give every layer's weight as ``[d_out, d_in]``
 (for Conv1D a transposed view, never a copy of the frozen weight) and its widths.
 
-How the experts are applied: the targeted linears get a tiny forward shim that asks the
-*active routing context* (a ``contextvars.ContextVar``) how to compute their output. With no
-context active the shim is the layer class's own forward: the backbone stays a plain model.
-A model activates its context only for the duration of its own forward, so
+How the experts are applied (as PEFT's LoRA layers and vLLM's LoRA wrappers do): each
+targeted linear is replaced in the backbone by an ``AdaptedLinear`` wrapper module that
+holds the frozen layer as ``base_layer``. The wrapper asks the backbone's ``Routing`` (one
+object, owned by the models over that backbone and set by their forwards) for the contexts
+of the forward in progress; a context says how to compute the output. With none, the
+wrapper is exactly its base layer: the backbone stays a plain model.
 
-* two threads running the same model at once each see their own context (context variables
-  are per thread), and nothing leaks from one call to the next;
-* a reference ``L2Rec`` and a ``FusedL2Rec`` can share one backbone: each context only
-  answers for the modules it owns;
-* ``uninstall`` removes the shim (it is reference-counted across owners).
+* A model sets the routing only for the duration of its own forward. Eager forwards hold
+  the routing's lock meanwhile, so two threads running models over one backbone take
+  turns, each with its own routing; nothing leaks from one call to the next.
+* Under ``torch.compile`` a forward pushes and pops its context inside the traced code
+  (``Routing.traced``), so the routing is baked into the graph and the compiled graph
+  reads nothing from the routing object when it runs: compiled forwards need no lock.
+* A reference ``L2Rec`` and a ``FusedL2Rec`` can share one backbone: each context only
+  answers for the layers it owns. ``unwrap`` (reference-counted over the models) puts the
+  plain layers back.
 
-Under ``torch.compile`` the contexts live in a plain list while Dynamo traces (it cannot
-trace a ``ContextVar``); each is pushed and popped inside the traced forward, so the
-routing is baked into the graph and nothing is read from the list when the graph runs.
+The backbone's parameter names gain ``.base_layer`` for the wrapped layers (``plain_name``
+removes it); its state dict keeps the plain keys, so a wrapped backbone saves and loads as
+the plain model, and L2Rec's own checkpoint keys (``experts.*``, the heads) do not change.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import math
 import sys
 import threading
-import types
 from collections.abc import Iterator
 
 import torch
@@ -64,95 +68,183 @@ class DPMoEExperts(nn.Module):
 
 
 class RoutingContext:
-    """What a patched linear asks during a forward; subclasses implement ``linear``."""
+    """What an adapted linear asks during a forward; subclasses implement ``linear``.
+    ``experts`` maps each frozen base linear that this context answers for to its experts."""
 
     def __init__(self, experts: dict[nn.Module, DPMoEExperts]) -> None:
         self.experts = experts
 
     def linear(self, module: nn.Module, experts: DPMoEExperts, x: torch.Tensor) -> torch.Tensor:
-        """``module``'s output for input ``x`` with ``experts`` applied (the frozen weight is
-        ``linear_weight(module)``, ``[d_out, d_in]``)."""
+        """``module``'s output for input ``x`` with ``experts`` applied (``module`` is the
+        frozen base layer; its weight is ``linear_weight(module)``, ``[d_out, d_in]``)."""
         raise NotImplementedError
 
     def layer_plan(self, layer: nn.Module):
-        """How a shimmed decoder layer should run under this context (None: as usual)."""
+        """How decoder ``layer`` (a base layer) should run under this context (None: as usual)."""
         return None
 
 
-_ACTIVE: contextvars.ContextVar[tuple[RoutingContext, ...]] = contextvars.ContextVar(
-    "l2rec_routing_context", default=()
-)
-# While torch.compile traces a forward, the contexts live here instead: Dynamo cannot trace a
-# ContextVar, but it traces a plain list's appends and pops as side effects. A context is
-# pushed and popped inside the traced region, so the compiled graph never reads this list
-# when it runs (the routing is baked into the graph): threads running compiled code do not
-# share anything through it, and eager forwards (any thread) keep using ``_ACTIVE``. The
-# exception: a forward that Dynamo splits with a graph break (fullgraph=False) holds its
-# context here between its graphs, where another thread's compiled forward could see it.
-_TRACING: list[RoutingContext] = []
-# How many eager contexts this thread has open (mirrors ``_ACTIVE``). Dynamo traces a
-# threading.local (and guards on it), so code compiled outside any forward (a compiled
-# plain backbone) sees 0 and traces as the plain model, with fullgraph=True, instead of
-# reaching for the ContextVar.
-_EAGER = threading.local()
+class Routing:
+    """The routing of the forward in progress over one backbone: the contexts its adapted
+    layers consult, innermost last. Shared by every wrapper in the backbone and by the
+    models over it (each model holds it as ``model.routing``); not a module, not global.
+
+    ``eager``: the contexts of the eager forward holding ``lock`` (an eager forward sets
+    them under the lock, so concurrent forwards take turns). ``traced``: the contexts a
+    forward that ``torch.compile`` is tracing has pushed; they exist only inside the traced
+    code (pushed and popped there), so a whole-graph compiled forward never reads them
+    when it runs and needs no lock.
+
+    "Traced" means Dynamo is tracing this code (``torch.compiler.is_dynamo_compiling``), not
+    ``torch.compiler.is_compiling``, which is a process-wide flag that is also True in
+    other threads' eager code while any thread compiles.
+
+    Not covered, because nothing here knows which thread asks: calling the backbone on its
+    own (a plain, unrouted call) from one thread while another thread runs an L2Rec
+    forward over it. Hold ``routing.lock`` around such a plain call.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.eager: tuple[RoutingContext, ...] = ()
+        self.traced: tuple[RoutingContext, ...] = ()
+
+    def __getstate__(self) -> dict:
+        return {}  # (a lock does not pickle; outside a forward there is nothing to keep)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def active(self) -> tuple[RoutingContext, ...]:
+        """The contexts the current code runs under, outermost first.
+
+        While Dynamo traces: those pushed in the traced code; when none were, the eager
+        forward's (a compiled region that began inside an eager forward: a compiled
+        backbone, or the pieces of a forward that Dynamo split with a graph break; read at
+        trace time and guarded on, so such regions recompile per forward and are correct,
+        not fast). A backbone compiled on its own outside any L2Rec forward therefore
+        traces as the plain model, with ``fullgraph=True``. Eager code sees both (the
+        traced ones are a split forward's, set between its graphs)."""
+        if torch.compiler.is_dynamo_compiling():
+            return self.traced if self.traced else self.eager
+        if self.traced:
+            return (*self.traced, *self.eager)
+        return self.eager
+
+    @contextlib.contextmanager
+    def activate(self, ctx: RoutingContext) -> Iterator[None]:
+        """Make ``ctx`` answer for its layers inside the ``with`` block (eager: holding the
+        lock, so no other thread's forward runs meanwhile; traced: inside the graph)."""
+        traced = torch.compiler.is_dynamo_compiling()
+        field = "traced" if traced else "eager"
+        with contextlib.nullcontext() if traced else self.lock:
+            outer = getattr(self, field)
+            setattr(self, field, (*outer, ctx))
+            try:
+                yield
+            finally:
+                setattr(self, field, outer)
 
 
-def _active() -> tuple[RoutingContext, ...] | list[RoutingContext]:
-    """The active contexts, outermost first.
+class BackboneWrapper(nn.Module):
+    """A module of the backbone (``base_layer``) put behind a wrapper that consults the
+    backbone's ``routing``: ``AdaptedLinear`` here, ``ShortcutDecoderLayer`` in
+    ``layer_shortcuts``. ``owners`` counts the models using it (``wrap`` / ``unwrap``)."""
 
-    While Dynamo traces, those pushed in the traced code (``_TRACING``); when none were,
-    none if this thread has no eager forward open (a compiled plain backbone: it traces as
-    the plain model), else (a compiled region that began inside an eager forward: a
-    compiled backbone, or a forward that Dynamo split with a graph break) the ContextVar's,
-    read eagerly at a graph break (so ``fullgraph=True`` compiles only whole forwards).
-    Eager code that runs between two graphs of a split forward sees both."""
-    if torch.compiler.is_compiling():
-        if _TRACING:
-            return _TRACING
-        if not getattr(_EAGER, "depth", 0):
-            return ()
-        return _ACTIVE.get()
-    if _TRACING:
-        return (*_TRACING, *_ACTIVE.get())
-    return _ACTIVE.get()
+    def __init__(self, base_layer: nn.Module, routing: Routing) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.routing = routing   # a plain attribute (not a module): shared, never saved
+        self.owners = 0
+        # The backbone's state dict keeps its plain keys while wrapped (so a wrapped
+        # backbone saved with save_pretrained loads as the plain model), and plain keys
+        # load into it.
+        self.register_state_dict_post_hook(_plain_state_keys)
+        self.register_load_state_dict_pre_hook(_wrapped_state_keys)
 
 
-@contextlib.contextmanager
-def activate(ctx: RoutingContext) -> Iterator[None]:
-    """Make ``ctx`` answer for its modules inside the ``with`` block (this thread only;
-    while torch.compile traces, for the traced forward)."""
-    if torch.compiler.is_compiling():
-        _TRACING.append(ctx)
-        try:
-            yield
-        finally:
-            _TRACING.pop()
+def _plain_state_keys(module, state_dict, prefix, local_metadata) -> None:
+    inner = prefix + "base_layer."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _wrapped_state_keys(module, state_dict, prefix, *args) -> None:
+    inner = prefix + "base_layer."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+
+
+class AdaptedLinear(BackboneWrapper):
+    """A frozen linear layer of the backbone (``base_layer``) whose output the forward in
+    progress may change: the innermost active context that owns ``base_layer``'s experts
+    computes it; with none, it is ``base_layer(x)`` exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for ctx in reversed(self.routing.active()):   # innermost first
+            experts = ctx.experts.get(self.base_layer)
+            if experts is not None:
+                return ctx.linear(self.base_layer, experts, x)
+        return self.base_layer(x)
+
+
+def is_wrapper(module: nn.Module) -> bool:
+    return isinstance(module, BackboneWrapper)
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The backbone's own module behind a wrapper (the module itself if it is none)."""
+    return module.base_layer if is_wrapper(module) else module
+
+
+def plain_name(name: str) -> str:
+    """A backbone parameter's or module's name with the wrappers' ``.base_layer`` removed:
+    its name in the plain backbone."""
+    return name.replace(".base_layer", "")
+
+
+def routing_of(backbone: nn.Module) -> Routing:
+    """The routing the backbone's wrappers share, or a new one if it has no wrapper yet."""
+    for m in backbone.modules():
+        if is_wrapper(m):
+            return m.routing
+    return Routing()
+
+
+def _parent(backbone: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of the outermost module at plain name ``name``: the
+    wrapper there, if there is one (wrappers elsewhere on the path are looked through)."""
+    actual = next(n for n, _ in backbone.named_modules() if plain_name(n) == name)
+    path, _, leaf = actual.rpartition(".")
+    return (backbone.get_submodule(path) if path else backbone), leaf
+
+
+def wrap(backbone: nn.Module, name: str, wrapper_cls: type[BackboneWrapper],
+         routing: Routing) -> BackboneWrapper:
+    """Replace the module at ``name`` (a plain name) by a ``wrapper_cls`` around it, or reuse
+    the wrapper already there; one more owner either way. Returns the wrapper."""
+    parent, leaf = _parent(backbone, name)
+    current = getattr(parent, leaf)
+    if isinstance(current, wrapper_cls):
+        if current.routing is not routing:
+            raise ValueError(f"{name} is wrapped with another routing")
+    else:
+        current = wrapper_cls(current, routing)
+        setattr(parent, leaf, current)
+    current.owners += 1
+    return current
+
+
+def unwrap(backbone: nn.Module, wrapper: BackboneWrapper) -> None:
+    """Drop one owner of ``wrapper``; the last one puts its base layer back in its place."""
+    wrapper.owners -= 1
+    if wrapper.owners > 0:
         return
-    token = _ACTIVE.set((*_ACTIVE.get(), ctx))
-    _EAGER.depth = getattr(_EAGER, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _EAGER.depth -= 1
-        _ACTIVE.reset(token)
-
-
-def _shim_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # Innermost context first, so a model called inside another model's forward wins.
-    for ctx in reversed(_active()):
-        experts = ctx.experts.get(self)
-        if experts is not None:
-            return ctx.linear(self, experts, x)
-    return type(self).forward(self, x)  # no context: exactly the plain layer
-
-
-def active_layer_plan(layer: nn.Module):
-    """The innermost active context's plan for decoder ``layer``, or None."""
-    for ctx in reversed(_active()):
-        plan = ctx.layer_plan(layer)
-        if plan is not None:
-            return plan
-    return None
+    for name, m in backbone.named_modules():
+        if m is wrapper:
+            path, _, leaf = name.rpartition(".")
+            setattr(backbone.get_submodule(path) if path else backbone, leaf, wrapper.base_layer)
+            return
 
 
 def _conv1d_class() -> type | None:
@@ -213,12 +305,20 @@ def _runs(backbone: nn.Module) -> set[int]:
     return {id(m) for m in getattr(backbone, "base_model", backbone).modules()}
 
 
+def plain_modules(backbone: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of the backbone as if unwrapped: wrappers left out, the modules they
+    hold under their plain names."""
+    for name, module in backbone.named_modules():
+        if not is_wrapper(module):
+            yield plain_name(name), module
+
+
 def linear_leaf_names(backbone: nn.Module) -> list[str]:
     """The sorted, unique last name components of the backbone's linear layers (nn.Linear
     and subclasses, Conv1D), those of its base model only: the LM head, which L2Rec never
     runs, is left out."""
     runs = _runs(backbone)
-    return sorted({name.rsplit(".", 1)[-1] for name, m in backbone.named_modules()
+    return sorted({name.rsplit(".", 1)[-1] for name, m in plain_modules(backbone)
                    if name and id(m) in runs and is_linear(m)})
 
 
@@ -254,11 +354,12 @@ def resolve_targets(config: L2RecConfig, backbone: nn.Module) -> L2RecConfig:
 
 
 def find_target_linears(backbone: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Module]:
-    """Modules of the backbone's base model whose name's last component is in ``targets``;
-    each must be a linear layer (``is_linear``) with a floating-point weight."""
+    """Modules of the backbone's base model whose name's last component is in ``targets``
+    (plain names and the frozen layers themselves, wrapped or not); each must be a linear
+    layer (``is_linear``) with a floating-point weight."""
     found: dict[str, nn.Module] = {}
     runs = _runs(backbone)
-    for name, module in backbone.named_modules():
+    for name, module in plain_modules(backbone):
         if name.rsplit(".", 1)[-1] in targets and id(module) in runs:
             _check_linear(name, module)
             found[name] = module
@@ -275,25 +376,6 @@ def find_target_linears(backbone: nn.Module, targets: tuple[str, ...]) -> dict[s
 def expert_key(module_name: str) -> str:
     """ModuleDict keys may not contain '.', so module paths use '__' instead."""
     return module_name.replace(".", "__")
-
-
-def install(module: nn.Module, shim=_shim_forward) -> None:
-    """Put ``shim`` (by default the linear shim) on ``module`` as its forward (idempotent,
-    reference-counted: every owner installs, the last ``uninstall`` removes it)."""
-    count = getattr(module, "_l2rec_shim_count", 0)
-    if count == 0:
-        module.forward = types.MethodType(shim, module)
-    module._l2rec_shim_count = count + 1
-
-
-def uninstall(module: nn.Module) -> None:
-    """Drop one reference to the shim; the last one restores the class's forward."""
-    count = getattr(module, "_l2rec_shim_count", 0)
-    if count <= 1:
-        module.__dict__.pop("forward", None)
-        module.__dict__.pop("_l2rec_shim_count", None)
-    else:
-        module._l2rec_shim_count = count - 1
 
 
 class ReferenceContext(RoutingContext):

@@ -71,10 +71,13 @@ class L2RecBase(nn.Module):
         else:
             self._build_modules(linears, hidden, d_sem)
             self._to_backbone_device(device)
-        # Plain dict (not a registered submodule): which backbone linear owns which experts.
+        # Plain dict (not a registered submodule): which frozen linear owns which experts.
         self._targets = {m: self.experts[adapters.expert_key(n)] for n, m in linears.items()}
-        for m in self._targets:
-            adapters.install(m)
+        # The targeted linears become AdaptedLinear wrappers (shared with any other model
+        # over this backbone), reading the routing this model's forwards set.
+        self.routing = adapters.routing_of(backbone)
+        self._wrappers = [adapters.wrap(backbone, n, adapters.AdaptedLinear, self.routing)
+                          for n in linears]
         self.validate_inputs = True
 
     def _build_modules(self, linears: dict[str, nn.Linear], hidden: int, d_sem: int) -> None:
@@ -133,7 +136,8 @@ class L2RecBase(nn.Module):
 
     @property
     def adapted_linears(self) -> dict[nn.Linear, adapters.DPMoEExperts]:
-        """Each backbone linear that carries experts -> its experts (a copy: read-only)."""
+        """Each frozen backbone linear that carries experts (the ``base_layer`` of its
+        ``AdaptedLinear`` wrapper) -> its experts (a copy: read-only)."""
         return dict(self._targets)
 
     def encode_views(self, history_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,10 +291,11 @@ class L2RecBase(nn.Module):
 
     # ----------------------------------------------------------------- adapters lifecycle
     def remove_adapters(self) -> None:
-        """Give the backbone back its plain linears (this model can no longer run)."""
-        for m in self._targets:
-            adapters.uninstall(m)
-        self._targets = {}
+        """Give the backbone back its plain linears (this model can no longer run); a
+        wrapper that another model over the backbone still uses stays."""
+        for wrapper in self._wrappers:
+            adapters.unwrap(self.backbone, wrapper)
+        self._targets, self._wrappers = {}, []
 
     def set_item_text_table(self, table: torch.Tensor) -> None:
         """Replace the semantic view's item-text table, [num_items + 1, d_sem]."""

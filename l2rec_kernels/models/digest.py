@@ -30,6 +30,8 @@ import warnings
 import torch
 from torch import nn
 
+from .adapters import plain_name
+
 DIGEST_VERSION = 1
 DIGEST_SAMPLES = 8
 _DIGEST_RTOL = 2.0 ** -7
@@ -39,9 +41,10 @@ _NUMBER_LIST = re.compile(r"\[\s*(-?\d[^\[\]{}\"]*?)\s*\]")
 
 
 def _digest_params(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """name -> parameter: the floating-point parameters of the backbone's base model."""
+    """name -> parameter: the floating-point parameters of the backbone's base model, by
+    their names in the plain backbone (an L2Rec model's wrappers add ``.base_layer``)."""
     runs = {id(p) for p in getattr(backbone, "base_model", backbone).parameters()}
-    return {n: p for n, p in backbone.named_parameters(remove_duplicate=False)
+    return {plain_name(n): p for n, p in backbone.named_parameters(remove_duplicate=False)
             if id(p) in runs and p.is_floating_point()}
 
 

@@ -33,6 +33,8 @@ on the host. Packed input (flash attention) has data-dependent shapes and does s
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -81,6 +83,17 @@ def stacked_attention_mask(mask: torch.Tensor, num_views: int, impl: str,
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shortcuts:
+    """The backbone modules the layer shortcuts use (none when the backbone does not
+    qualify): the last decoder layer's wrapper and the first layer's frozen q/k/v linears
+    that carry experts. A plain object, so the model does not register backbone modules
+    as its own submodules (they would add backbone keys to its state_dict)."""
+
+    last_layer: layer_shortcuts.ShortcutDecoderLayer | None = None
+    first_qkv: tuple = ()
 
 
 class FusedContext(adapters.RoutingContext):
@@ -158,15 +171,12 @@ class FusedL2Rec(L2RecBase):
         self.packing = packing
         self.layer_shortcuts = True
         self._item_cache: tuple[tuple, torch.Tensor] | None = None
-        # Plain attributes (object.__setattr__): Modules assigned normally would be
-        # registered as submodules and add backbone keys to state_dict().
-        object.__setattr__(self, "_last_layer", None)
-        object.__setattr__(self, "_first_qkv", ())
+        self._shortcuts = _Shortcuts()
         if layer_shortcuts.structure_reason(backbone) is None:  # checked once, here
-            object.__setattr__(self, "_last_layer", layer_shortcuts.last_decoder_layer(backbone))
-            object.__setattr__(self, "_first_qkv", tuple(
+            wrapper = adapters.wrap(backbone, layer_shortcuts.last_decoder_layer_name(backbone),
+                                    layer_shortcuts.ShortcutDecoderLayer, self.routing)
+            self._shortcuts = _Shortcuts(wrapper, tuple(
                 m for m in layer_shortcuts.first_layer_input_projections(backbone) if m in self._targets))
-            adapters.install(self._last_layer, layer_shortcuts.layer_shim)
 
     @classmethod
     def from_reference(cls, ref: L2RecBase, backend: str = "auto",
@@ -217,7 +227,7 @@ class FusedL2Rec(L2RecBase):
         ``"last_rows"`` (the last layer for the last rows only) and ``"shared_first_qkv"``
         (the torch path only). Empty when ``layer_shortcuts`` is off or the backbone does
         not qualify (``layer_shortcuts.structure_reason`` and ``window_reason`` say why)."""
-        if not self._layer_shortcuts or self._last_layer is None:  # None: structure_reason
+        if not self._layer_shortcuts or self._shortcuts.last_layer is None:  # structure_reason
             return ()
         taken = []
         if layer_shortcuts.window_reason(self.backbone, seq_len) is None:
@@ -225,15 +235,14 @@ class FusedL2Rec(L2RecBase):
         dpmoe = _op_backends(self._backend, grad)["dpmoe_linear"]
         if dpmoe == "auto":  # "auto" never raises; an explicit backend is taken as named
             dpmoe = resolve_backend_traceable(dpmoe, device, "dpmoe_linear", ("triton", "torch"))
-        if dpmoe == "torch" and self._first_qkv:
+        if dpmoe == "torch" and self._shortcuts.first_qkv:
             taken.append("shared_first_qkv")
         return tuple(taken)
 
     def remove_adapters(self) -> None:
-        if self._last_layer is not None:
-            adapters.uninstall(self._last_layer)
-            object.__setattr__(self, "_last_layer", None)
-            object.__setattr__(self, "_first_qkv", ())
+        if self._shortcuts.last_layer is not None:
+            adapters.unwrap(self.backbone, self._shortcuts.last_layer)
+            self._shortcuts = _Shortcuts()
         super().remove_adapters()
 
     def uses_packing(self) -> bool:
@@ -280,7 +289,7 @@ class FusedL2Rec(L2RecBase):
             # both views' first-layer input is view 0's rows twice (reading cu_seqlens[B]
             # is a host sync on a GPU, so packed input shares only on the CPU)
             block = batch * seq if not packed else int(cu[batch])
-            ctx.repeated_input = dict.fromkeys(self._first_qkv, block)
+            ctx.repeated_input = dict.fromkeys(self._shortcuts.first_qkv, block)
         prune = "last_rows" in shortcuts
         if prune:  # the last layer's output is then already one row per sequence
             one_row_each = ctx.for_rows(torch.arange(seqs + 1, dtype=torch.int32, device=device),
@@ -288,9 +297,9 @@ class FusedL2Rec(L2RecBase):
             plan = (layer_shortcuts.LastRowsPlan.packed(cu, meta.packed_last_row, seq, one_row_each)
                     if packed else
                     layer_shortcuts.LastRowsPlan.padded(mask, meta.last_index, NUM_VIEWS, one_row_each))
-            ctx.layer_plans[self._last_layer] = plan
+            ctx.layer_plans[self._shortcuts.last_layer.base_layer] = plan
         base = self.backbone.base_model
-        with adapters.activate(ctx):
+        with self.routing.activate(ctx):
             if packed:
                 # One row of all attended tokens; positions restart per sequence, which is
                 # how Hugging Face attention finds the sequence boundaries of packed input.
@@ -321,7 +330,7 @@ class FusedL2Rec(L2RecBase):
         if not grad or values_are_free(mask) or torch.compiler.is_compiling():
             return None  # (compiled, the backbone's preparation reads no values either)
         impl = getattr(self.backbone.config, "_attn_implementation", None)
-        if (impl not in ("sdpa", "eager") or self._last_layer is None
+        if (impl not in ("sdpa", "eager") or self._shortcuts.last_layer is None
                 or layer_shortcuts.window_reason(self.backbone, mask.shape[1]) is not None):
             return None
         return stacked_attention_mask(mask, NUM_VIEWS, impl,

@@ -63,17 +63,29 @@ def _transformers_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def last_decoder_layer(backbone: nn.Module) -> nn.Module | None:
+def last_decoder_layer_name(backbone: nn.Module) -> str | None:
+    """The last decoder layer's name in the backbone (None: no ``layers`` list)."""
     layers = getattr(backbone.base_model, "layers", None)
     if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-        return layers[-1]
+        for name, module in backbone.named_modules():
+            if module is layers:
+                return f"{name}.{len(layers) - 1}"
+    return None
+
+
+def last_decoder_layer(backbone: nn.Module) -> nn.Module | None:
+    """The backbone's own last decoder layer (behind its wrapper, if it has one)."""
+    layers = getattr(backbone.base_model, "layers", None)
+    if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+        return adapters.unwrapped(layers[-1])
     return None
 
 
 def first_layer_input_projections(backbone: nn.Module) -> tuple[nn.Linear, ...]:
-    """The projections that read the first layer's normed input (repeated across views)."""
-    attn = backbone.base_model.layers[0].self_attn
-    return tuple(getattr(attn, p) for p in _QKV)
+    """The frozen projections that read the first layer's normed input (repeated across
+    views), behind their wrappers."""
+    attn = adapters.unwrapped(backbone.base_model.layers[0]).self_attn
+    return tuple(adapters.unwrapped(getattr(attn, p)) for p in _QKV)
 
 
 def sliding_window(backbone: nn.Module) -> int | None:
@@ -103,7 +115,8 @@ def structure_reason(backbone: nn.Module) -> str | None:
         return f"model_type {model_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
     layer = last_decoder_layer(backbone)
     attn = getattr(layer, "self_attn", None)
-    if attn is None or not all(isinstance(getattr(attn, p, None), nn.Linear) for p in _PROJECTIONS) \
+    if attn is None or not all(isinstance(adapters.unwrapped(getattr(attn, p, None)), nn.Linear)
+                               for p in _PROJECTIONS) \
             or not all(hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm", "mlp")):
         return "the last decoder layer is not a standard pre-norm attention + MLP layer"
     if (hasattr(attn, "q_norm") or hasattr(attn, "k_norm")) and model_type != "qwen3":
@@ -146,10 +159,11 @@ class LastRowsPlan:
         index = torch.where(valid, starts[:, None] + offsets, 0)  # row 0 exists: it is masked
         return cls(last_row.long(), index, valid, row_context)
 
-    def run(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor,
-            sin: torch.Tensor) -> torch.Tensor:
+    def run(self, layer: nn.Module, routing: adapters.Routing, hidden: torch.Tensor,
+            cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The last layer's output at the last rows: [S, 1, hidden] for padded input,
-        [1, S, hidden] for packed, so the backbone's final norm applies as usual."""
+        [1, S, hidden] for packed, so the backbone's final norm applies as usual.
+        ``routing``: the backbone's, where the one-row-per-sequence context goes."""
         attn = layer.self_attn
         head_dim = attn.head_dim
         width = hidden.shape[-1]
@@ -168,7 +182,7 @@ class LastRowsPlan:
             keys, values = keys[self.key_index], values[self.key_index]
         kv_heads = keys.shape[2]
 
-        with adapters.activate(self.row_context):       # one row per sequence from here on
+        with routing.activate(self.row_context):        # one row per sequence from here on
             query = attn.q_proj(x.reshape(-1, width)[self.rows]).view(seqs, -1, head_dim)
             query = _rope(_head_norm(attn, "q_norm", query), cos[self.rows], sin[self.rows])
             # Grouped-query attention: the query heads sharing a kv head (head h uses kv head
@@ -197,15 +211,28 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rotated * sin
 
 
-def layer_shim(self: nn.Module, hidden_states: torch.Tensor, *args, **kwargs):
-    """A decoder layer's forward: the active context's plan if it has one for this layer,
-    else the layer's own forward (so the backbone stays a plain model)."""
-    plan = adapters.active_layer_plan(self)
-    if plan is None:
-        return type(self).forward(self, hidden_states, *args, **kwargs)
-    embeddings = kwargs.get("position_embeddings")
-    if embeddings is None:  # every supported model passes them; guard against a change
-        raise RuntimeError(
-            f"{type(self).__name__} was called without position_embeddings; this transformers "
-            "version is not supported for last-row pruning: set model.layer_shortcuts = False")
-    return plan.run(self, hidden_states, *embeddings)
+class ShortcutDecoderLayer(adapters.BackboneWrapper):
+    """The last decoder layer (``base_layer``) behind a wrapper: the innermost active
+    context's plan for it if one has a plan (a ``FusedL2Rec`` forward taking the last-rows
+    shortcut), else the layer's own forward, so the backbone stays a plain model."""
+
+    def __init__(self, base_layer: nn.Module, routing: adapters.Routing) -> None:
+        super().__init__(base_layer, routing)
+        # What a decoder loop reads from its layers besides calling them (Qwen2/3 pick each
+        # layer's attention mask by it).
+        if hasattr(base_layer, "attention_type"):
+            self.attention_type = base_layer.attention_type
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        for ctx in reversed(self.routing.active()):   # innermost first
+            plan = ctx.layer_plan(self.base_layer)
+            if plan is not None:
+                embeddings = kwargs.get("position_embeddings")
+                if embeddings is None:  # every supported model passes them; guard a change
+                    raise RuntimeError(
+                        f"{type(self.base_layer).__name__} was called without "
+                        "position_embeddings; this transformers version is not supported for "
+                        "last-row pruning: set model.layer_shortcuts = False")
+                return plan.run(self.base_layer, self.routing, hidden_states, *embeddings)
+        return self.base_layer(hidden_states, *args, **kwargs)
+

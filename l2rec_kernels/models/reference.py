@@ -29,7 +29,7 @@ class L2Rec(L2RecBase):
         last = []
         for view in range(NUM_VIEWS):
             ctx = adapters.ReferenceContext(self._targets, view, gates[view], self.config.scaling)
-            with adapters.activate(ctx):
+            with self.routing.activate(ctx):
                 hidden = self.backbone.base_model(
                     input_ids=input_ids, attention_mask=mask.long(), position_ids=positions,
                     use_cache=False).last_hidden_state
