@@ -33,17 +33,16 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from _timing import device_name, peak_memory_mb
 
+from l2rec_kernels._atomic import atomic_write
+from l2rec_kernels._dtypes import SHORT_DTYPES as DTYPES  # noqa: F401 (the bench CLIs' --dtype)
+from l2rec_kernels._dtypes import dtype_name
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSV_FIELDS = ["bench", "provider", "shape", "x_name", "x_value", "config", "dtype", "device",
               "median_ms", "p20_ms", "p80_ms",
               "peak_mem_mb", "tokens_per_s", "users_per_s", "speedup_vs_reference",
               "ratio_vs_floor", "torch", "triton", "git_sha", "date", "command"]
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Emit = Callable[[dict], None]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 @dataclasses.dataclass
@@ -251,13 +250,10 @@ def format_table(rows: list[dict]) -> str:
 def write_csv(rows: list[dict], path: str) -> None:
     """Write ``rows`` to ``path`` atomically (a reader, or a kill mid-write, never sees half
     a file: the benchmark rewrites its CSV after every shape)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass

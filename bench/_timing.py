@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 
+from l2rec_kernels._timing import ms_per_call
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -56,21 +58,8 @@ def _flush_l2(device: torch.device) -> None:
 
 def _time_once(fn: Callable[[], object], device: torch.device, number: int = 1,
                flush_cache: bool = False) -> float:
-    """Milliseconds per call, over ``number`` back-to-back calls."""
-    if device.type == "cuda":
-        if flush_cache:
-            _flush_l2(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(number):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / number
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - t0) * 1e3 / number
+    """Milliseconds per call, over ``number`` back-to-back calls (``ms_per_call``)."""
+    return ms_per_call(fn, device, number, before=(lambda: _flush_l2(device)) if flush_cache else None)
 
 
 def calls_per_sample(fn: Callable[[], object], device: torch.device, target_ms: float = 2.0,

@@ -1,107 +1,116 @@
 #!/usr/bin/env bash
-# What a lent GPU session runs, in stages short enough for one device call each (a call
-# runs at most 10 minutes and brings back at most 8 files from $OUT).
+# A time-boxed GPU check: runs the named stages (install, tests, memcheck, tuning,
+# benchmarks) one after another on a GPU machine, stops starting work at a deadline, and
+# always ends with a summary. Logs and results go to one folder; a stage that writes many
+# files packs them into one archive.
 #
-#   bash bench/gpu_session.sh STAGE...      e.g. `bash bench/gpu_session.sh test-kernels`
+#   bash bench/gpu_session.sh [OPTIONS] STAGE...     e.g. `bash bench/gpu_session.sh test-kernels`
 #
-# THE WHOLE GPU WINDOW is two commands, run back to back (the second finds the first's
-# install while the machine is still warm, else installs again), each bringing back at most
-# 8 files. Both must fit the session's device time (900 s, the machine's start - a minute
-# or two - and the transfers included), so their deadlines (L2REC_CALL_LIMIT_S) default to
-# 330 s and 390 s; before the second call, set it from `status`'s budget_left_s less 60 s:
+# Options (every one has a default; docs/gpu.md has the table):
+#   --deadline S          stop starting work S seconds after the start; a running stage's command
+#                         is cut off there (rc 124). 0: no deadline. Default: 570, window-1 330,
+#                         window-2 390, all 0
+#   --out DIR             logs and results (default: $OUT when set, else /tmp/l2rec-gpu)
+#   --tune-s S            window-2's cap on tune (60)
+#   --kernels-s S         window-2's cap on bench-kernels (100)
+#   --model-s S           window-2's cap on bench-model (120)
+#   --batch-reserve-s S   window-2 stops bench-compiled S seconds before the deadline, for
+#                         bench-batch (45)
+#   --tune-shape NAME     the model shape tune tunes (qwen3-0.6b-paper)
+#   --sanitize-tests "F ..."  the test files memcheck runs (the kernel test files)
+#   --sanitize-k EXPR     a pytest -k expression for memcheck (window-1: the large-shape tests left out)
+#   --compile-users N     bench-compiled's batch size (1)
+#   --batch-users N, --batch-items N   bench-batch's users (2048) and catalogue (10000)
+#   --bench-args "ARGS"   bench-custom's bench/latency.py arguments (required by it)
+#   --xdist-workers N     pytest-xdist workers for the test stages (auto)
 #
-#   bash bench/gpu_session.sh window-1   install (the extension for sm_90a), backend_info(),
-#                  the kernel and model test files with their GPU tests (tests.log), then
-#                  compute-sanitizer memcheck over the GPU-marked kernel tests but the two
-#                  large-shape ones (sanitize.log; the tests stop SANITIZE_RESERVE_S = 120 s
-#                  before the deadline to leave it room). Files: summary.txt, install.log
-#                  when it installed, backend_info.json, tests.log, sanitize.log   at most 5
-#   bash bench/gpu_session.sh window-2   bf16 timings, each table one latency.py run:
-#                  tune (python -m l2rec_kernels.tune --shape qwen3-0.6b-paper --batch 1,16,64
-#                  --seq-len 256 --items 1000000 --k 10,100,1000: fills the backend="auto"
-#                  cache, copied to $OUT as autotune-<gpu>.json); bench-kernels (dpmoe_linear
-#                  vs F.linear vs the torch path, M = 64, 1024, 8192, every pair of d_in
-#                  1024, 4096 and d_out 3072, 4096 (--set takes all combinations: 1024->3072
-#                  and 4096->4096 among them), E = 4, r = 8, 16; topk_items vs mm + topk, N = 1M, d = 128,
-#                  B = 1, 64, 1024, k = 10, 100, 1000; batch_metadata); bench-model
-#                  (FusedL2Rec vs the plain backbone vs L2Rec at qwen3-0.6b-paper, B = 1, 16,
-#                  64, T = 256, eager, peak memory; the train section's optimizer step at
-#                  B = 16); bench-compiled (compile_for_serving reduce-overhead replay at
-#                  B = 1; it compiles for minutes, so it is the step cut off when time runs
-#                  out); bench-batch (below). Caps per stage (s): L2REC_TUNE_S 60,
-#                  L2REC_KERNELS_S 100, L2REC_MODEL_S 120; bench-compiled until L2REC_BATCH_S
-#                  (45) before the deadline, bench-batch the rest. Every CSV, plot and log is packed
-#                  into window-2-results.tgz. Files: summary.txt, install.log when it
-#                  installed, autotune-*.json, window-2-results.tgz             at most 4
-#
-# Run one stage per call. Each call is a fresh copy of the working tree, possibly on a fresh
-# machine: every stage first installs the package if this checkout's build is not already
-# installed there (at most one build attempt per script run: a failed build is recorded in a
-# marker file and reported by every later stage, which then runs without l2rec_kernels._C).
-# Logs and results go straight into $OUT (the device tool's output folder; /tmp/l2rec-gpu
-# elsewhere); the summary is printed last.
-#
-# Files each run writes in $OUT: summary.txt, install.log when it installed, and the stage's own:
+# Stages, and the files each writes besides summary.txt (and install.log when it installed):
+#   window-1       install, backend_info(), the kernel and model test files with their GPU
+#                  tests (tests.log), then compute-sanitizer memcheck over the GPU-marked kernel
+#                  tests but the two large-shape ones (sanitize.log; the tests stop 120 s before
+#                  the deadline to leave it room): backend_info.json, tests.log, sanitize.log
+#   window-2       bf16 timings, each table one latency.py run: tune (python -m l2rec_kernels.tune
+#                  --shape qwen3-0.6b-paper --batch 1,16,64 --seq-len 256 --items 1000000
+#                  --k 10,100,1000: fills the backend="auto" cache, copied out as
+#                  autotune-<gpu>.json); bench-kernels (dpmoe_linear vs F.linear vs the torch
+#                  path, M = 64, 1024, 8192, every pair of d_in 1024, 4096 and d_out 3072, 4096,
+#                  E = 4, r = 8, 16; topk_items vs mm + topk, N = 1M, d = 128, B = 1, 64, 1024,
+#                  k = 10, 100, 1000; batch_metadata); bench-model (FusedL2Rec vs the plain
+#                  backbone vs L2Rec at qwen3-0.6b-paper, B = 1, 16, 64, T = 256, eager, peak
+#                  memory; the train section's optimizer step at B = 16); bench-compiled
+#                  (compile_for_serving reduce-overhead replay at B = 1; it compiles for minutes,
+#                  so it is the step cut off when time runs out); bench-batch. Every CSV, plot
+#                  and log is packed into window-2-results.tgz; autotune-*.json
 #   install        pip install --no-deps --no-build-isolation -e . with L2REC_FORCE_CUDA_BUILD=1
 #                  (builds l2rec_kernels._C for $TORCH_CUDA_ARCH_LIST, default 9.0a);
-#                  backend_info() goes into the summary.                  2 files in all
+#                  backend_info() goes into the summary
 #   test-kernels   the op tests (tests/test_{dpmoe_linear,route,topk_items,batch_metadata,
 #                  cuda_ext,autotune}.py, gpu-marked included), `-n auto` when pytest-xdist is
-#                  importable, else serial: test-kernels.log              at most 3
-#   test-models    every other test file, serially: test-models.log      at most 3
+#                  importable, else serial: test-kernels.log
+#   test-models    every other test file, serially: test-models.log
 #   sanitize       compute-sanitizer --tool memcheck over the gpu-marked op tests, with
 #                  PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its own
-#                  allocation (an out-of-bounds access inside a cached block is caught);
-#                  L2REC_SANITIZE_TESTS="tests/a.py ..." narrows it if it runs out of time:
-#                  sanitize.log                                           at most 3
-#   bench-kernels  tune (below: fills the backend="auto" cache), then bench/latency.py --sections
-#                  dpmoe_linear,route,topk_items,batch_metadata and its plots; the logs and the
-#                  per-kernel plots packed into bench-kernels-results.tgz: summary.txt,
-#                  autotune-*.json, latency_gpu_full_*.csv, *_speedup.png, the .tgz   at most 6
-#   bench-model    bench/latency.py --sections model and its plots: bench-model.log,
-#                  latency_gpu_full_*.csv, *_model_latency.png, *_speedup.png   at most 6
-#   bench-compiled bench/latency.py --sections model --compile at B = $L2REC_COMPILE_USERS
-#                  (default 1; one batch size per call: each compiles the Qwen3-0.6B-shaped
-#                  model): CUDA-graph replay of FusedL2Rec[triton] and of the plain backbone
-#                  next to the eager providers (issue 14): bench-compiled.log, csv, plots
-#                                                                         at most 6
+#                  allocation (an out-of-bounds access inside a cached block is caught): sanitize.log
+#   tune           python -m l2rec_kernels.tune for --tune-shape at B = 1,16,64, T = 256 and the
+#                  autotune cache file: tune.log, autotune-*.json
+#   bench-kernels  tune, then bench/latency.py --sections dpmoe_linear,route,topk_items,
+#                  batch_metadata and its plots, packed into bench-kernels-results.tgz
+#   bench-model    bench/latency.py --sections model and its plots: bench-model.log, csv, plots
+#   bench-compiled bench/latency.py --sections model --compile at B = --compile-users: CUDA-graph
+#                  replay of FusedL2Rec[triton] and of the plain backbone next to the eager
+#                  providers: bench-compiled.log, csv, plots
 #   bench-batch    bench/batch_bench.py --ways loop --model-shape qwen3-0.6b-paper --device cuda:
 #                  one GPU actor's batch-scoring work (UserScorer: checks, prompts, bucketing,
-#                  recommend) in-process at T = 256, B = 64, $L2REC_BATCH_USERS (2048) users over
-#                  $L2REC_BATCH_ITEMS (10000) items; no Ray (its wheel is too large to carry to
-#                  the device machine): bench-batch.log, batch_scoring_*.csv, .md   at most 4
-#   bench-custom   bench/latency.py $L2REC_BENCH_ARGS and its plots, for chosen sizes, e.g.
-#                  L2REC_BENCH_ARGS="--set topk_items.k=10,100,1000 --set topk_items.batch=1,4096"
-#                  (`python bench/latency.py --help` lists every SECTION.AXIS; a --set runs only
-#                  the sections it names): bench-custom.log, latency_gpu_full_*.csv, plots
-#                                          at most 8 unless it runs all four sections
-#   test, bench    test-kernels + test-models, bench-kernels + bench-model (as `all`: may need
-#                  more than one call's time and files)
-#   tune           python -m l2rec_kernels.tune for $L2REC_TUNE_SHAPE (default qwen3-0.6b-paper)
-#                  at B = 1,16,64, T = 256 and the autotune cache file: tune.log,
-#                  autotune-*.json                                        at most 4
-#   all            install, test-kernels, test-models, sanitize, bench-kernels (tune
-#                  included) and bench-model, one after another (not bench-compiled, which
-#                  compiles for minutes, nor bench-custom or the window stages): for a
-#                  machine with no call limit (about 20 files; no time limit unless
-#                  L2REC_CALL_LIMIT_S is set)
+#                  recommend) in-process at T = 256, B = 64 (no Ray): bench-batch.log, csv, md
+#   bench-custom   bench/latency.py with --bench-args and its plots, e.g. --bench-args
+#                  "--set topk_items.k=10,100,1000" (`python bench/latency.py --help` lists
+#                  every SECTION.AXIS): bench-custom.log, csv, plots
+#   test, bench    test-kernels + test-models, bench-kernels + bench-model
+#   all            install, test-kernels, test-models, sanitize, bench-kernels (tune included)
+#                  and bench-model, one after another
 #
-# Time: the run stops starting work L2REC_CALL_LIMIT_S seconds after it began (default 570,
-# i.e. inside a 10-minute call; 330 for window-1 and 390 for window-2, so that both fit the
-# session's 900 s of device time; 0 = no limit, the default for `all`): each stage's command is cut off at that
-# deadline (rc 124), or at its own cap where it has one, later stages are reported as not
-# run, and the summary is still printed.
+# Every stage first installs the package if this checkout's build is not already installed
+# there (at most one build attempt per run: a failed build is recorded and reported by every
+# later stage, which then runs without l2rec_kernels._C).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
+usage() { echo "usage: bash bench/gpu_session.sh [OPTIONS] STAGE... (see the header)"; exit 2; }
 OUT="${OUT:-/tmp/l2rec-gpu}"
+DEADLINE="" TUNE_S=60 KERNELS_S=100 MODEL_S=120 BATCH_RESERVE_S=45 TUNE_SHAPE=qwen3-0.6b-paper
+SANITIZE_TESTS="" SANITIZE_K="" COMPILE_USERS=1 BATCH_USERS=2048 BATCH_ITEMS=10000
+BENCH_ARGS_TEXT="" XDIST_WORKERS=auto
+STAGES=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --deadline|--out|--tune-s|--kernels-s|--model-s|--batch-reserve-s|--tune-shape|--sanitize-tests|\
+    --sanitize-k|--compile-users|--batch-users|--batch-items|--bench-args|--xdist-workers)
+      [ $# -ge 2 ] || { echo "$1 needs a value"; usage; }
+      case "$1" in
+        --deadline) DEADLINE=$2 ;;  --out) OUT=$2 ;;  --tune-s) TUNE_S=$2 ;;
+        --kernels-s) KERNELS_S=$2 ;;  --model-s) MODEL_S=$2 ;;  --batch-reserve-s) BATCH_RESERVE_S=$2 ;;
+        --tune-shape) TUNE_SHAPE=$2 ;;  --sanitize-tests) SANITIZE_TESTS=$2 ;;  --sanitize-k) SANITIZE_K=$2 ;;
+        --compile-users) COMPILE_USERS=$2 ;;  --batch-users) BATCH_USERS=$2 ;;
+        --batch-items) BATCH_ITEMS=$2 ;;  --bench-args) BENCH_ARGS_TEXT=$2 ;;
+        --xdist-workers) XDIST_WORKERS=$2 ;;
+      esac
+      shift 2 ;;
+    -h|--help) awk 'NR > 1 { if (!/^#/) exit; sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    -*) echo "unknown option $1"; usage ;;
+    *) STAGES+=("$1"); shift ;;
+  esac
+done
+for n in "$TUNE_S" "$KERNELS_S" "$MODEL_S" "$BATCH_RESERVE_S" "$COMPILE_USERS" "$BATCH_USERS" "$BATCH_ITEMS" \
+         ${DEADLINE:+"$DEADLINE"}; do
+  [[ "$n" =~ ^[0-9]+$ ]] || { echo "a seconds or size option got '$n', not a whole number"; usage; }
+done
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && { echo "usage: bash bench/gpu_session.sh STAGE... (see the header)"; exit 2; }
-if [[ " ${STAGES[*]} " == *" all "* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-0}"
-elif [[ " ${STAGES[*]} " == *" window-1 "* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-330}"
-elif [[ " ${STAGES[*]} " == *" window-2 "* ]]; then LIMIT="${L2REC_CALL_LIMIT_S:-390}"
-else LIMIT="${L2REC_CALL_LIMIT_S:-570}"; fi
+[ ${#STAGES[@]} -eq 0 ] && usage
+if [ -n "$DEADLINE" ]; then LIMIT=$DEADLINE
+elif [[ " ${STAGES[*]} " == *" all "* ]]; then LIMIT=0
+elif [[ " ${STAGES[*]} " == *" window-1 "* ]]; then LIMIT=330
+elif [[ " ${STAGES[*]} " == *" window-2 "* ]]; then LIMIT=390
+else LIMIT=570; fi
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 # A test stage cut off at the deadline still prints its counts and failures so far
@@ -130,7 +139,7 @@ time_left() {  # seconds until the deadline (a large number without one)
 run_stage() {  # name, then the command: logs to $OUT/name.log, cut off at the deadline
   # (or STAGE_CAP seconds after it starts, when that comes first: a stage's own budget)
   local name=$1; shift
-  local left t0=$SECONDS rc why="the deadline (L2REC_CALL_LIMIT_S=$LIMIT)"
+  local left t0=$SECONDS rc why="the deadline (--deadline $LIMIT)"
   left=$(time_left)
   if [ "$left" -lt 30 ]; then
     note "$name: NOT RUN (${left}s left before the deadline; run it in its own call)"
@@ -181,7 +190,7 @@ ensure_installed() {  # after a failed build, stages say so (ext_note) instead o
 }
 
 xdist_args() {  # -n auto when pytest-xdist is importable
-  if "$PY" -c "import xdist" >/dev/null 2>&1; then echo "-n ${L2REC_XDIST_WORKERS:-auto}"; fi
+  if "$PY" -c "import xdist" >/dev/null 2>&1; then echo "-n $XDIST_WORKERS"; fi
 }
 
 test_kernels() {
@@ -199,10 +208,10 @@ test_models() {
   grep -E "^(FAILED|ERROR)" "$OUT/test-models.log" 2>/dev/null | head -20 | tee -a "$SUMMARY"
 }
 
-sanitize() {  # STAGE_CAP and L2REC_SANITIZE_K (a pytest -k expression) narrow it
+sanitize() {  # STAGE_CAP, --sanitize-tests and --sanitize-k (a pytest -k expression) narrow it
   local files kexpr=()
-  read -r -a files <<< "${L2REC_SANITIZE_TESTS:-${KERNEL_TESTS[*]}}"
-  [ -n "${L2REC_SANITIZE_K:-}" ] && kexpr=(-k "$L2REC_SANITIZE_K")
+  read -r -a files <<< "${SANITIZE_TESTS:-${KERNEL_TESTS[*]}}"
+  [ -n "$SANITIZE_K" ] && kexpr=(-k "$SANITIZE_K")
   ensure_installed
   # --error-exitcode makes any finding fail the stage. No caching allocator: every tensor is
   # its own cudaMalloc, so memcheck sees the end of each one. No autotune measurements (each
@@ -222,7 +231,7 @@ print(a.cache_path(a.device_name('cuda', torch.cuda.current_device())))" 2>/dev/
 tune() {  # python -m l2rec_kernels.tune at the model's shape; the cache file into $OUT
   local file
   ensure_installed
-  run_stage tune "$PY" -m l2rec_kernels.tune --shape "${L2REC_TUNE_SHAPE:-qwen3-0.6b-paper}" \
+  run_stage tune "$PY" -m l2rec_kernels.tune --shape "$TUNE_SHAPE" \
     --batch 1,16,64 --seq-len 256 --items 1000000 --k 10,100,1000
   file=$(autotune_file)
   if [ -n "$file" ] && [ -f "$file" ]; then
@@ -248,7 +257,7 @@ window_1() {  # install, backend_info, the kernel and model tests, memcheck (hea
     STAGE_CAP=$cap run_stage tests "$PY" -m pytest -q -p no:cacheprovider $(xdist_args) \
       "${KERNEL_TESTS[@]}" "${MODEL_TESTS[@]}" )
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" 2>/dev/null | tail -25 | tee -a "$SUMMARY"
-  L2REC_SANITIZE_K="${L2REC_SANITIZE_K:-$SANITIZE_SKIP}" sanitize
+  SANITIZE_K="${SANITIZE_K:-$SANITIZE_SKIP}" sanitize
 }
 
 pack_results() {  # archive, marker file, then the names (globs) kept apart: every file of
@@ -286,19 +295,19 @@ window_2() {  # the timings (header); each table one latency.py run
   ensure_installed
   touch "$STATE/window-2.start"
   sleep 1
-  STAGE_CAP=${L2REC_TUNE_S:-60} tune
-  STAGE_CAP=${L2REC_KERNELS_S:-100} bench bench-kernels --dtype bf16 --sections dpmoe_linear,topk_items,batch_metadata \
+  STAGE_CAP=$TUNE_S tune
+  STAGE_CAP=$KERNELS_S bench bench-kernels --dtype bf16 --sections dpmoe_linear,topk_items,batch_metadata \
     --set dpmoe_linear.seq_len=32 --set dpmoe_linear.seqs_per_view=1,16,128 \
     --set dpmoe_linear.d_in=1024,4096 --set dpmoe_linear.d_out=3072,4096 \
     --set dpmoe_linear.experts=4 --set dpmoe_linear.rank=8,16 \
     --set topk_items.items=1000000 --set topk_items.dim=128 --set topk_items.batch=1,64,1024 \
     --set topk_items.k=10,100,1000 --set batch_metadata.users=1,64,1024 --set batch_metadata.tokens=256
-  STAGE_CAP=${L2REC_MODEL_S:-120} bench bench-model --dtype bf16 --sections model,train \
+  STAGE_CAP=$MODEL_S bench bench-model --dtype bf16 --sections model,train \
     --set model.shape=qwen3-0.6b-paper --set model.users=1,16,64 --set model.seq_len=256 \
     --set train.shape=qwen3-0.6b-paper --set train.users=16 --set train.seq_len=256
   local left
   left=$(time_left)
-  STAGE_CAP=$((left - ${L2REC_BATCH_S:-45})) bench bench-compiled --dtype bf16 --sections model --compile \
+  STAGE_CAP=$((left - BATCH_RESERVE_S)) bench bench-compiled --dtype bf16 --sections model --compile \
     --set model.shape=qwen3-0.6b-paper --set model.users=1 --set model.seq_len=256
   bench_batch
   pack_results window-2-results.tgz "$STATE/window-2.start" summary.txt install.log "autotune-*.json"
@@ -307,7 +316,7 @@ window_2() {  # the timings (header); each table one latency.py run
 bench_batch() {  # one GPU actor's batch-scoring work at qwen3-0.6b-paper, T = 256 (no Ray here)
   ensure_installed
   run_stage bench-batch "$PY" bench/batch_bench.py --ways loop --model-shape qwen3-0.6b-paper \
-    --device cuda --items "${L2REC_BATCH_ITEMS:-10000}" --users "${L2REC_BATCH_USERS:-2048}" \
+    --device cuda --items "$BATCH_ITEMS" --users "$BATCH_USERS" \
     --batch-size 64 --out "$OUT"
   grep -E "users/s" "$OUT/bench-batch.log" 2>/dev/null | tail -3 | tee -a "$SUMMARY"
 }
@@ -331,14 +340,14 @@ for stage in "${STAGES[@]}"; do
     install|test-kernels|test-models|test|sanitize|tune|bench-kernels|bench-model|bench-compiled|bench-batch|bench|all) ;;
     window-1|window-2) ;;
     bench-custom)
-      [ -n "${L2REC_BENCH_ARGS:-}" ] || {
-        echo "bench-custom needs L2REC_BENCH_ARGS, e.g. L2REC_BENCH_ARGS=\"--set topk_items.k=10,100,1000\""
+      [ -n "$BENCH_ARGS_TEXT" ] || {
+        echo "bench-custom needs --bench-args, e.g. --bench-args \"--set topk_items.k=10,100,1000\""
         exit 2; } ;;
     *) echo "unknown stage $stage (window-1|window-2|install|test-kernels|test-models|test|sanitize|tune|bench-kernels|bench-model|bench-compiled|bench-batch|bench-custom|bench|all)"
        exit 2 ;;
   esac
 done
-read -r -a BENCH_ARGS <<< "${L2REC_BENCH_ARGS:-}"
+read -r -a BENCH_ARGS <<< "$BENCH_ARGS_TEXT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$SUMMARY"
 for stage in "${STAGES[@]}"; do
   case "$stage" in
@@ -352,7 +361,7 @@ for stage in "${STAGES[@]}"; do
     window-2) window_2 ;;
     bench-kernels) bench_kernels ;;
     bench-model) bench bench-model --sections model ;;
-    bench-compiled) bench bench-compiled --sections model --compile --set "model.users=${L2REC_COMPILE_USERS:-1}" ;;
+    bench-compiled) bench bench-compiled --sections model --compile --set "model.users=$COMPILE_USERS" ;;
     bench-custom) bench bench-custom "${BENCH_ARGS[@]}" ;;
     bench-batch) bench_batch ;;
     bench) bench_kernels

@@ -64,6 +64,8 @@ import model_bench  # noqa: E402
 import train_bench  # noqa: E402
 from _report import DTYPES, RunConfig, SizeError, format_table, progress, run_meta, write_csv  # noqa: E402
 
+from l2rec_kernels import settings  # noqa: E402
+
 # name -> module with AXES, default_sizes(cfg) and cases(cfg, emit, sizes) (see _report.py)
 SECTIONS = {"model": model_bench, "dpmoe_linear": kernel_dpmoe_linear, "route": kernel_route,
             "topk_items": kernel_topk_items, "batch_metadata": kernel_batch_metadata, "train": train_bench}
@@ -114,9 +116,12 @@ def axes_help() -> str:
 def default_threads() -> int:
     """$L2REC_THREADS, else the cores this process may run on (never more threads than
     cores: oversubscribed threads only contend)."""
-    env = os.environ.get("L2REC_THREADS")
+    try:
+        env = settings.threads()
+    except ValueError:
+        return 0  # rejected with a message in main
     if env is not None:
-        return int(env) if env.isdigit() else 0  # 0: rejected with a message in main
+        return env
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

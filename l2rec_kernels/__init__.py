@@ -5,6 +5,7 @@ or queries CUDA; those happen on first use.
 """
 
 from ._backend import backend_info
+from ._version import __version__ as __version__
 from .models.compiled import compile_for_serving
 from .models.config import L2RecConfig
 from .models.fused import FusedL2Rec
@@ -27,4 +28,3 @@ __all__ = [
     "route",
     "topk_items",
 ]
-__version__ = "0.1.0"

@@ -48,17 +48,19 @@ import json
 import os
 import re
 import statistics
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Mapping
 
 import torch
 
-from ._backend import constant_for_compile
+from . import settings
+from ._atomic import atomic_write
+from ._compat import mark_constant_for_dynamo
+from ._dtypes import dtype_name
+from ._timing import ms_per_call
+from ._version import __version__
 
-ENV_CACHE_DIR = "L2REC_CACHE_DIR"
-ENV_AUTOTUNE = "L2REC_AUTOTUNE"
 FORMAT_VERSION = 1
 # Warm-up calls per candidate, then timed rounds (one sample per candidate per round, each
 # sample CALLS back-to-back calls): a few milliseconds per candidate for the model's shapes.
@@ -109,7 +111,7 @@ def clear_memory_cache() -> None:
 
 def measuring_enabled() -> bool:
     """False when ``L2REC_AUTOTUNE`` is "0" (or "false", "off", "no")."""
-    return os.environ.get(ENV_AUTOTUNE, "1").strip().lower() not in ("0", "false", "off", "no")
+    return settings.autotune_measuring()
 
 
 def measures(device_type: str) -> bool:
@@ -120,11 +122,7 @@ def measures(device_type: str) -> bool:
 # ----------------------------------------------------------------------------- files
 def cache_root() -> str:
     """``$L2REC_CACHE_DIR``, else ``$XDG_CACHE_HOME/l2rec_kernels``, else ``~/.cache/l2rec_kernels``."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "l2rec_kernels")
+    return settings.cache_dir()
 
 
 def slug(device_name: str) -> str:
@@ -147,8 +145,6 @@ def device_name(device_type: str, index: int | None) -> str:
 @functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str | None]:
     """What a measurement depends on besides the device: the kernels and their compilers."""
-    from . import __version__
-
     try:
         triton_version = importlib.metadata.version("triton")  # (importing triton is not free)
     except importlib.metadata.PackageNotFoundError:
@@ -209,17 +205,10 @@ def _write_entries(name: str, new: dict[str, dict]) -> None:
         with _file_lock(path):
             entries = _read_file(path)
             entries.update(new)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({"format": FORMAT_VERSION, "device": name, "entries": entries}, f,
-                              indent=1, sort_keys=True)
-                    f.write("\n")
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_write(path, encoding="utf-8") as f:
+                json.dump({"format": FORMAT_VERSION, "device": name, "entries": entries}, f,
+                          indent=1, sort_keys=True)
+                f.write("\n")
     except OSError as exc:
         _warn_once(path, f"cannot write the autotune cache {path} ({exc}); choices stay in memory")
         return
@@ -245,7 +234,7 @@ def _current(entry: dict) -> bool:
     return entry.get("versions") == versions()
 
 
-@constant_for_compile
+@mark_constant_for_dynamo
 def cached_choice(device_type: str, index: int | None, key: str, candidates: tuple[str, ...],
                   default: str) -> str:
     """The cached choice for ``key`` when it is one of ``candidates``, else ``default``. Plain
@@ -254,7 +243,7 @@ def cached_choice(device_type: str, index: int | None, key: str, candidates: tup
     return default if held is None else held
 
 
-@constant_for_compile
+@mark_constant_for_dynamo
 def static_shapes_compile() -> bool:
     """While torch.compile traces: whether every size is a plain int (``dynamic=False``, which
     turns automatic dynamic shapes off). Read once, at trace time."""
@@ -332,12 +321,7 @@ def bucket_key(op: str, dtype: torch.dtype, rows: tuple[tuple[str, int], ...],
                exact: tuple[tuple[str, int], ...]) -> str:
     """'dpmoe_linear bfloat16 rows=1024 d_in=1024 ...': the op, the dtype, then the bucket."""
     parts = [f"{k}={row_bucket(v)}" for k, v in rows] + [f"{k}={v}" for k, v in exact]
-    return " ".join([op, _DTYPE_NAMES.get(dtype) or str(dtype).replace("torch.", ""), *parts])
-
-
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
-                torch.float64: "float64", torch.bool: "bool", torch.int64: "int64",
-                torch.int32: "int32", torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8"}
+    return " ".join([op, dtype_name(dtype), *parts])
 
 
 def _valid_choice(entry: dict | None, candidates: tuple[str, ...]) -> str | None:
@@ -349,8 +333,6 @@ def _valid_choice(entry: dict | None, candidates: tuple[str, ...]) -> str | None
 def _event_timer(thunks: Mapping[str, Callable[[], object]], device: torch.device) -> dict[str, float]:
     """Median ms per call of each candidate: WARMUP calls each, then ROUNDS interleaved rounds
     of CALLS calls each, timed with CUDA events on the current stream (host clock elsewhere)."""
-    import time
-
     for fn in thunks.values():
         for _ in range(WARMUP):
             fn()
@@ -360,19 +342,7 @@ def _event_timer(thunks: Mapping[str, Callable[[], object]], device: torch.devic
         torch.cuda.synchronize(device)
     for _ in range(ROUNDS):
         for c, fn in thunks.items():
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(CALLS):
-                    fn()
-                end.record()
-                end.synchronize()
-                samples[c].append(start.elapsed_time(end) / CALLS)
-            else:
-                t0 = time.perf_counter()
-                for _ in range(CALLS):
-                    fn()
-                samples[c].append((time.perf_counter() - t0) * 1e3 / CALLS)
+            samples[c].append(ms_per_call(fn, device, CALLS))
     return {c: statistics.median(s) for c, s in samples.items()}
 
 

@@ -26,6 +26,9 @@ import os
 
 import torch
 
+from . import settings
+from ._compat import mark_constant_for_dynamo
+
 BACKENDS = ("auto", "triton", "cuda", "torch")
 
 
@@ -109,21 +112,7 @@ def resolve_backend(backend: str, device: torch.device, op: str,
     return backend
 
 
-def constant_for_compile(fn):
-    """Mark ``fn`` the way ``torch.compiler.assume_constant_result`` does (torch 2.0 to 2.13).
-
-    torch.compile then calls ``fn`` once while tracing and bakes its answer into the graph,
-    instead of tracing its body (which dynamo cannot: it imports modules). Written out here
-    because ``torch.compiler.assume_constant_result`` imports torch._dynamo, which imports
-    triton, and that must not happen at package import (``TRITON_INTERPRET`` has to be set
-    before triton is first imported). Were the marker ever renamed, the effect would be a
-    graph break (the ``fullgraph=True`` tests catch it), never a wrong result.
-    """
-    fn._dynamo_marked_constant = True
-    return fn
-
-
-@constant_for_compile
+@mark_constant_for_dynamo
 def resolve_backend_traceable(backend: str, device_type: str, op: str,
                               supported: tuple[str, ...]) -> str:
     """``resolve_backend`` for the ops' hot path: plain-constant arguments only (a device
@@ -132,7 +121,7 @@ def resolve_backend_traceable(backend: str, device_type: str, op: str,
     return resolve_backend(backend, torch.device(device_type), op, supported=supported)
 
 
-@constant_for_compile
+@mark_constant_for_dynamo
 def usable_backends(device_type: str, supported: tuple[str, ...]) -> tuple[str, ...]:
     """The backends among ``supported`` that can run on tensors of ``device_type``, in the
     default rule's order (cuda, triton, torch): what ``auto`` measures on a GPU."""
@@ -204,6 +193,6 @@ def _autotune_info(has_gpu: bool) -> dict[str, object]:
     if _autotune.measuring_enabled():
         reason = f"auto times each op's paths on the first call per shape bucket; {count}"
     else:
-        reason = (f"{_autotune.ENV_AUTOTUNE}=0: nothing is measured; auto takes the cached choice, "
+        reason = (f"{settings.AUTOTUNE}=0: nothing is measured; auto takes the cached choice, "
                   f"else cuda > triton > torch; {count}")
     return {"available": _autotune.measuring_enabled(), "reason": reason, **cached}

@@ -32,10 +32,9 @@ if os.environ.get("CI"):
 
 # CPU threads, set explicitly: the test models are tiny, so more threads buy little, and on a
 # machine where other jobs hold the cores extra threads only contend. L2REC_THREADS overrides.
-_threads = os.environ.get("L2REC_THREADS", "1")
-if not _threads.isdigit() or int(_threads) < 1:
-    raise RuntimeError(f"L2REC_THREADS must be a positive integer, got {_threads!r}")
-torch.set_num_threads(int(_threads))
+from l2rec_kernels import settings as l2rec_settings  # noqa: E402
+
+torch.set_num_threads(l2rec_settings.threads() or 1)
 
 # bench/gpu_session.sh runs the tests under `timeout`, whose SIGTERM would end pytest without
 # its summary; with L2REC_TESTS_TERM_AS_INTERRUPT=1 it ends the run like Ctrl-C instead, so

@@ -104,3 +104,11 @@ def run_in_threads(work, n: int) -> dict:
         t.join()
     assert not errors, errors
     return results
+
+
+def paper_overrides(**kw) -> dict:
+    """L2RecConfig.paper's fields, for make_pair (which sets num_items and small widths)."""
+    cfg = L2RecConfig.paper(NUM_ITEMS).to_dict()
+    for name in ("num_items", "pref_dim", "behavior_dim"):
+        cfg.pop(name)
+    return {**cfg, **kw}

@@ -19,7 +19,8 @@ from tolerances import REL_TOL, rel_err
 from torch._dynamo.utils import counters
 
 import l2rec_kernels
-from l2rec_kernels import _autotune, dpmoe_linear, route, topk_items, tune
+from l2rec_kernels import _autotune, dpmoe_linear, route, settings, topk_items
+from l2rec_kernels.cli import tune
 from l2rec_kernels.ops.dpmoe_linear import dpmoe_linear_torch
 
 TOL = REL_TOL[torch.float32]
@@ -49,8 +50,8 @@ def tuned(tmp_path, monkeypatch):
     """A fresh cache folder, the CPU measured, the timer injectable (refusing by default)."""
     torch._dynamo.reset()
     counters.clear()
-    monkeypatch.setenv(_autotune.ENV_CACHE_DIR, str(tmp_path))
-    monkeypatch.delenv(_autotune.ENV_AUTOTUNE, raising=False)
+    monkeypatch.setenv(settings.CACHE_DIR, str(tmp_path))
+    monkeypatch.delenv(settings.AUTOTUNE, raising=False)
     monkeypatch.setattr(_autotune, "MEASURED_DEVICE_TYPES", ("cuda", "cpu"))
     _autotune.clear_memory_cache()
     previous = _autotune.set_timer(refuse)
@@ -145,7 +146,7 @@ def test_ties_go_to_the_default(tuned):
 
 # ----------------------------------------------------------------------------- where it is not measured
 def test_cpu_tensors_take_the_torch_path_unmeasured(tmp_path, monkeypatch):
-    monkeypatch.setenv(_autotune.ENV_CACHE_DIR, str(tmp_path))
+    monkeypatch.setenv(settings.CACHE_DIR, str(tmp_path))
     previous = _autotune.set_timer(refuse)
     try:
         args = dpmoe_inputs()
@@ -224,7 +225,7 @@ def test_no_measurement_in_a_sync_debug_mode_or_a_graph_capture(monkeypatch):
 def test_measuring_can_be_turned_off(tuned, monkeypatch):
     _autotune.set_timer(Timer({"triton": 1.0, "torch": 2.0}))
     assert choose(key=8) == "triton"
-    monkeypatch.setenv(_autotune.ENV_AUTOTUNE, "0")
+    monkeypatch.setenv(settings.AUTOTUNE, "0")
     _autotune.set_timer(refuse)
     assert choose(key=8) == "triton"    # cached: still used
     assert choose(key=64) == "torch"    # not cached: the default, unmeasured
@@ -248,7 +249,7 @@ def test_the_cache_is_read_back_after_clearing_memory_and_in_a_fresh_process(tun
                                (("d", 3),), ("torch", "triton"), "torch",
                                lambda: {{c: (lambda: None) for c in ("torch", "triton")}}))
     """)
-    env = {**os.environ, _autotune.ENV_CACHE_DIR: str(tuned)}
+    env = {**os.environ, settings.CACHE_DIR: str(tuned)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -278,7 +279,7 @@ def test_a_corrupt_cache_file_is_ignored_with_a_warning(tuned, content):
 def _writer(cache_dir: str, worker: int, count: int, go) -> None:
     """One process of the concurrency test: ``count`` measurements, each written at once."""
     go.wait(30)  # every writer starts together
-    os.environ[_autotune.ENV_CACHE_DIR] = cache_dir
+    os.environ[settings.CACHE_DIR] = cache_dir
     _autotune.MEASURED_DEVICE_TYPES = ("cpu",)
     _autotune.clear_memory_cache()
     _autotune.set_timer(lambda thunks, device: {c: float(i) for i, c in enumerate(thunks)})

@@ -11,6 +11,7 @@ import torch
 from model_utils import NUM_ITEMS, VOCAB, assert_same_gradients, batch, make_backbone, make_pair, repad
 from tolerances import REL_TOL, rel_err
 
+from l2rec_kernels._compat import set_attn_implementation
 from l2rec_kernels.models import adapters
 from l2rec_kernels.models import fused as fused_module
 from l2rec_kernels.models.config import AUTO_TARGETS, LLAMA_TARGETS, L2RecConfig
@@ -54,7 +55,7 @@ def tiny(model_type: str):
 
     config_cls, model_cls, kwargs = SPECS[model_type]
     cfg = getattr(transformers, config_cls)(**kwargs)
-    cfg._attn_implementation = "sdpa"
+    set_attn_implementation(cfg, "sdpa")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = getattr(transformers, model_cls)(cfg)

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from model_utils import VOCAB, batch, make_backbone, make_reference
+from safetensors.torch import load_file
 from tolerances import REL_TOL, rel_err
 
 from l2rec_kernels.models import adapters, base
@@ -83,13 +84,22 @@ def test_the_same_backbone_loads(saved, cls):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_the_same_weights_in_another_dtype_load(saved, dtype):
-    L2Rec.from_pretrained(saved, make_backbone("llama").to(dtype))   # saved fp32, loaded 16-bit
+    def loads(backbone):  # the checkpoint's own tensors, exactly
+        model = L2Rec.from_pretrained(saved, backbone)
+        want = load_file(os.path.join(saved, base.WEIGHTS_NAME))
+        for k, v in model.own_state_dict().items():
+            assert torch.equal(v.to(want[k].dtype), want[k]), k
+
+    loads(make_backbone("llama").to(dtype))   # saved fp32, loaded 16-bit
     # ... and saved with a 16-bit backbone (to_inference_dtype), loaded in fp32 or the other dtype
     low = make_reference("llama").to_inference_dtype(dtype)
     low.save_pretrained(saved)
-    L2Rec.from_pretrained(saved, make_backbone("llama"))
+    loads(make_backbone("llama"))
     other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
-    L2Rec.from_pretrained(saved, make_backbone("llama").to(other))
+    loads(make_backbone("llama").to(other))
+    # The check did run at these dtypes: one weight changed by 5% is still refused.
+    with pytest.raises(ValueError, match="up_proj"):
+        L2Rec.from_pretrained(saved, edited(scale=1.05).to(dtype))
 
 
 @pytest.mark.parametrize("cls", [L2Rec, FusedL2Rec])

@@ -9,8 +9,8 @@ import pathlib
 
 import pytest
 
-from l2rec_kernels import compare
-from l2rec_kernels.training.cli import run
+from l2rec_kernels.cli import compare
+from l2rec_kernels.cli._run import run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = f"recbole:{ROOT / 'tests/data/interactions/recbole-demo'}"

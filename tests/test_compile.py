@@ -8,10 +8,11 @@ the graph's work (the value checks must still come before any lookup they protec
 """
 
 
+import threading
+
 import pytest
 import torch
-from model_utils import batch, make_pair, repad, run_in_threads
-from test_paper_preset import paper_overrides
+from model_utils import batch, make_pair, paper_overrides, repad, run_in_threads
 from tolerances import REL_TOL, rel_err
 from torch._dynamo.utils import counters
 
@@ -122,22 +123,57 @@ def test_batch_sizes_and_lengths_reuse_a_bounded_number_of_graphs():
 
 
 @torch.no_grad()
+def test_eager_threads_ignore_another_threads_compile(monkeypatch):
+    """While any thread compiles, ``torch.compiler.is_compiling()`` is true in every thread
+    (a process-wide flag), so routing must not take it as "this code is being traced":
+    eager forwards from several threads, with the flag set as a compile elsewhere sets it,
+    each still get their own answer."""
+    model = pick("fused")
+    batches = [batch(2, 6 + i, 4, seed=i) for i in range(4)]
+    want = [model(**b).scores for b in batches]
+    monkeypatch.setattr(torch.compiler, "_is_compiling_flag", True)
+
+    def work(i):
+        with torch.no_grad():
+            for _ in range(5):
+                scores = model(**batches[i]).scores
+        return scores
+
+    got = run_in_threads(work, 4)
+    for i in range(4):
+        assert rel_err(got[i], want[i]) < TOL, i
+
+
+@torch.no_grad()
 def test_eager_and_compiled_forwards_from_threads_at_once():
     """Threads sharing one model, half calling it eagerly and half through its compiled
-    copy, each with its own users, at the same time (the compiled ones compiling their
-    shapes meanwhile): every thread gets its own batch's answer (eager forwards take turns
-    on the model's routing; a compiled graph reads none)."""
+    copy, each with its own users, at the same time, while one of them compiles its shape
+    (``torch.compiler.is_compiling`` is then true process-wide, in the eager threads too):
+    every thread gets its own batch's answer (eager forwards take turns on the model's
+    routing; a compiled graph reads none). Only one thread compiles: Dynamo itself fails
+    now and then when several compile at once (a guard built from another thread's frame),
+    whatever the model; serving compiles its shapes first (``compile_for_serving``)."""
     model = pick("fused")
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     batches = [batch(2, 6 + i, 4, seed=i) for i in range(6)]
     want = [model(**b).scores for b in batches]
+    for i in (1, 3):  # compiled ahead; thread 5 compiles its shape while the others run
+        compiled(**batches[i])
 
-    def work(i):  # (grad mode is per thread; the compiled threads compile meanwhile)
-        run = compiled if i % 2 else model
+    compiling_done = threading.Event()
+
+    def work(i):  # (grad mode is per thread)
         with torch.no_grad():
-            for _ in range(3):
-                scores = run(**batches[i]).scores
-        return scores
+            if i % 2:
+                scores = [compiled(**batches[i]).scores for _ in range(3)][-1]
+                if i == 5:
+                    compiling_done.set()
+                return scores
+            runs = 0  # eager: keep going until the compile is over, so they overlap
+            while runs < 3 or not compiling_done.is_set():
+                scores = model(**batches[i]).scores
+                runs += 1
+            return scores
 
     got = run_in_threads(work, 6)
     for i in range(6):

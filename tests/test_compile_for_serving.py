@@ -126,7 +126,7 @@ def test_a_bounded_number_of_graphs_over_many_shapes():
 @pytest.mark.parametrize("preset", ("top_k=1", "top_k=2", "paper"))
 @torch.no_grad()
 def test_top_k_routing_and_the_paper_preset(preset):
-    from test_paper_preset import paper_overrides
+    from model_utils import paper_overrides
 
     cfg = paper_overrides() if preset == "paper" else dict(top_k=int(preset[-1]), num_experts=4)
     model = pick("fused", **cfg)

@@ -9,18 +9,17 @@ shapes stay small; bf16 needs a GPU (the interpreter has no bf16 arithmetic). On
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 from bench_modules import bench_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from op_cases import make_case
 from tolerances import REL_TOL, rel_err
 
 from l2rec_kernels.ops import dpmoe_linear as dpmoe_module
-from l2rec_kernels.ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch, triton_op
+from l2rec_kernels.ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch
 
 BACKENDS = ["torch", "triton"]
 # For tests on CPU tensors whatever the machine: their triton backend needs the interpreter.
@@ -47,40 +46,6 @@ def reference(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scal
         h = torch.einsum("md,frd->mfr", x, shared_a.double())
         y = y + scaling * torch.einsum("mfr,for->mo", h, shared_b.double())
     return y
-
-
-def make_case(lengths, d_in, d_out, V, E, r, *, device, bias=True, dtype=torch.float32,
-              index_dtype=torch.int32, views=None, seed=0, shared=0, per_row=False):
-    """Random inputs (never zeros). Scaled so the expert term is about as large as x Wᵀ:
-    an error in it cannot hide under the base GEMM. ``shared`` > 0 adds that many shared
-    experts; ``per_row`` gives one gate row per x row."""
-    g = torch.Generator().manual_seed(seed)
-    S = len(lengths)
-    M = sum(lengths)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(dtype).to(device)
-
-    cu = torch.zeros(S + 1, dtype=torch.int64)
-    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
-    if views is None:
-        views = torch.randint(0, V, (S,), generator=g).tolist()
-    gates = torch.softmax(torch.randn(M if per_row else S, E, generator=g), -1) + 0.1
-    scaling = 1.7
-    case = dict(
-        x=rnd(M, d_in), weight=rnd(d_out, d_in, scale=d_in ** -0.5),
-        bias=rnd(d_out) if bias else None,
-        lora_a=rnd(V, E, r, d_in, scale=d_in ** -0.5),
-        lora_b=rnd(V, E, d_out, r, scale=(E * r) ** -0.5 / scaling),
-        gates=gates.to(dtype).to(device),
-        seq_view=torch.tensor(views, dtype=index_dtype, device=device),
-        cu_seqlens=cu.to(index_dtype).to(device), scaling=scaling)
-    if shared:
-        case["shared_a"] = rnd(shared, r, d_in, scale=d_in ** -0.5)
-        case["shared_b"] = rnd(shared, d_out, r, scale=(shared * r) ** -0.5 / scaling)
-    if per_row:
-        case["per_row_gates"] = True
-    return case
 
 
 def check(case, backend, **kw):
@@ -476,87 +441,6 @@ def test_torch_backend_gradients_shared_and_per_row(split_views, device):
     want = torch.autograd.grad((y_ref * w).sum(), [case[n] for n in names])
     for n, a, b in zip(names, got, want):
         assert rel_err(a, b) < REL_TOL[torch.float64], n
-
-
-def test_triton_refuses_grad(device):
-    case = make_case(**CASES["odd"], device=device)
-    case["lora_a"] = case["lora_a"].requires_grad_(True)
-    with pytest.raises(RuntimeError, match="backend='torch' for training"):
-        dpmoe_linear(**case, backend="triton")
-    with torch.no_grad():
-        check(case, "triton")
-    with torch.inference_mode():
-        check(case, "triton")
-
-
-# ---------------------------------------------------------------------------- registration
-
-_ISOLATED_IMPORT = """
-import importlib.util, sys, types
-# Stub the parent packages so only this op's module (and _backend/_validation) is imported:
-# what the package __init__ or other ops import is their own test's business.
-for name in ("l2rec_kernels", "l2rec_kernels.ops"):
-    spec = importlib.util.find_spec(name)
-    pkg = types.ModuleType(name)
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules[name] = pkg
-import l2rec_kernels.ops.dpmoe_linear
-loaded = [m for m in ("triton", "torch._dynamo", "l2rec_kernels.ops._dpmoe_linear_triton")
-          if m in sys.modules]
-assert not loaded, f"importing dpmoe_linear imported {loaded}"
-"""
-
-
-def test_op_import_is_lazy():
-    """Importing the op loads neither its kernels, triton, nor torch._dynamo (which imports
-    triton): TRITON_INTERPRET must still be settable after the import."""
-    subprocess.run([sys.executable, "-c", _ISOLATED_IMPORT], check=True)
-
-
-def test_opcheck(device):
-    op = triton_op()
-    assert op is torch.ops.l2rec.dpmoe_linear
-    for lengths, bias in (([5, 0, 11], True), ([0], False)):
-        case = make_case(lengths, 19, 21, 2, 2, 3, bias=bias, device=device)
-        args = tuple(case[k] for k in ("x", "weight", "bias", "lora_a", "lora_b", "gates",
-                                       "seq_view", "cu_seqlens", "scaling"))
-        torch.library.opcheck(op, (*args, None, None, False))
-    case = make_case([5, 0, 11], 19, 21, 2, 2, 3, shared=2, per_row=True, device=device)
-    torch.library.opcheck(op, tuple(case[k] for k in (
-        "x", "weight", "bias", "lora_a", "lora_b", "gates", "seq_view", "cu_seqlens", "scaling",
-        "shared_a", "shared_b", "per_row_gates")))
-
-
-class _Block(torch.nn.Module):
-    """What the fused model does: a linear with experts, then an elementwise op."""
-
-    def __init__(self, case, backend):
-        super().__init__()
-        self.case, self.backend = case, backend
-
-    def forward(self, x):
-        c = self.case
-        y = dpmoe_linear(x, c["weight"], c["bias"], c["lora_a"], c["lora_b"], c["gates"],
-                         c["seq_view"], c["cu_seqlens"], c["scaling"], backend=self.backend)
-        return torch.nn.functional.silu(y)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_torch_compile_fullgraph(backend, device):
-    """fullgraph=True: no graph break in validation, backend choice or the op.
-
-    Under TRITON_INTERPRET=1 the op is an opaque custom op (interpreted kernels cannot be
-    traced), so inductor calls it at run time; with a GPU it is a triton_op and inductor
-    sees the kernels themselves.
-    """
-    torch._dynamo.reset()
-    case = make_case(**CASES["odd"], device=device)
-    model = _Block(case, backend)
-    compiled = torch.compile(model, fullgraph=True)
-    with torch.no_grad():
-        got = compiled(case["x"])
-        want = torch.nn.functional.silu(reference(**case))
-    assert rel_err(got, want) < REL_TOL[torch.float32]
 
 
 # ---------------------------------------------------------------------------- GPU only

@@ -8,7 +8,15 @@ import warnings
 
 import pytest
 import torch
-from model_utils import NUM_ITEMS, assert_same_gradients, batch, make_backbone, make_pair, repad
+from model_utils import (
+    NUM_ITEMS,
+    assert_same_gradients,
+    batch,
+    make_backbone,
+    make_pair,
+    paper_overrides,
+    repad,
+)
 from safetensors.torch import load_file
 from tolerances import REL_TOL, assert_close_tol, rel_err
 
@@ -19,14 +27,6 @@ from l2rec_kernels.models.reference import L2Rec
 ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 ROUTER_VARIANTS = (("user",), ("context",), ("interaction",), ROUTER_INPUTS)
 LEGACY = os.path.join(os.path.dirname(__file__), "data", "l2rec_v1_llama")
-
-
-def paper_overrides(**kw) -> dict:
-    """L2RecConfig.paper's fields, for make_pair (which sets num_items and small widths)."""
-    cfg = L2RecConfig.paper(NUM_ITEMS).to_dict()
-    for name in ("num_items", "pref_dim", "behavior_dim"):
-        cfg.pop(name)
-    return {**cfg, **kw}
 
 
 def test_paper_preset_fields():

@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 from bench_modules import bench_module
+from op_cases import make, random_exclude
 from tolerances import REL_TOL
 
 from l2rec_kernels.ops.topk_items import topk_items, topk_items_torch
@@ -58,19 +59,6 @@ def check_topk(scores, ids, query, item_emb, k, exclude=None):
         claimed = claimed_all[b][filled[b]]
         assert torch.isfinite(claimed).all(), f"row {b} returned an excluded item"
         torch.testing.assert_close(scores[b][filled[b]], claimed, rtol=0, atol=atol)
-
-
-def make(batch, num_items, dim, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    query = torch.randn(batch, dim, generator=g).to(device=device, dtype=dtype)
-    item_emb = torch.randn(num_items, dim, generator=g).to(device=device, dtype=dtype)
-    return query, item_emb
-
-
-def random_exclude(batch, width, num_items, device, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ex = torch.randint(-1, num_items, (batch, width), generator=g)
-    return ex.to(device)
 
 
 SHAPES = [  # (B, N, d, k)
@@ -203,14 +191,6 @@ def test_auto_is_torch_on_cpu():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_no_gradient(device):
-    query, item_emb = make(2, 50, 4, torch.float32, device)
-    query.requires_grad_(True)
-    for backend in BACKENDS:
-        scores, _ = topk_items(query, item_emb, 5, backend=backend)
-        assert not scores.requires_grad
-
-
 # ----------------------------------------------------------------------------- bad input
 def _bad_cases(d):
     q, e = make(3, 20, 8, torch.float32, d)
@@ -267,28 +247,7 @@ def test_triton_limits(device):
     check_topk(scores, ids, query, item_emb, 4500)
 
 
-# ----------------------------------------------------------------------------- registration
-def test_opcheck_registered_op(device):
-    from l2rec_kernels.ops._topk_items_triton import topk_items_op
-
-    query, item_emb = make(5, 300, 24, torch.float32, device)
-    exclude = random_exclude(5, 4, 300, device)
-    for args in [(query, item_emb, 7, exclude, 0), (query, item_emb, 7, exclude[:, :0], 1),
-                 (query[:0], item_emb, 3, exclude[:0], 0)]:
-        torch.library.opcheck(topk_items_op, args)
-
-
-def test_compile_fullgraph(device):
-    query, item_emb = make(5, 300, 24, torch.float32, device)
-    exclude = random_exclude(5, 4, 300, device)
-    topk_items(query, item_emb, 7, exclude, backend="triton")  # eager first: discovery cached
-    for backend in BACKENDS:
-        fn = torch.compile(lambda q, e, x, b=backend: topk_items(q, e, 7, x, backend=b),
-                           fullgraph=True, backend="aot_eager")
-        scores, ids = fn(query, item_emb, exclude)
-        check_topk(scores, ids, query, item_emb, 7, exclude)
-
-
+# ----------------------------------------------------------------------------- GPU only
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bf16_on_gpu(backend, device):

@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from l2rec_kernels import evaluate, train
+from l2rec_kernels.cli import evaluate, train
+from l2rec_kernels.cli._run import run
 from l2rec_kernels.models.fused import FusedL2Rec
 from l2rec_kernels.training.backbone import load_backbone
-from l2rec_kernels.training.cli import run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = f"movielens:{ROOT / 'tests/data/interactions/ml-demo'}"
@@ -142,7 +142,7 @@ def test_bad_input_is_one_clear_error(trained, tmp_path, capsys):
 # so a rank that wrote a model (save_pretrained writes its l2rec_config.json) shows up.
 _TRACE_HOOK = textwrap.dedent("""
     import os, sys
-    _rank, _dir = os.environ.get("RANK"), os.environ.get("L2REC_WRITE_TRACE")
+    _rank, _dir = os.environ.get("RANK"), TRACE_DIR
     if _rank is not None and _dir:
         _log = os.path.join(_dir, "rank" + _rank + ".txt")
         _writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
@@ -176,11 +176,11 @@ def test_torchrun_two_processes_match_one_and_only_rank0_writes(tmp_path):
 
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_TRACE_HOOK)
     trace = tmp_path / "trace"
     trace.mkdir()
+    (hook / "sitecustomize.py").write_text(f"TRACE_DIR = {str(trace)!r}\n" + _TRACE_HOOK)
     two = tmp_path / "two"
-    env = {**ENV, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "L2REC_WRITE_TRACE": str(trace)}
+    env = {**ENV, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "l2rec_kernels.train", "--data", DEMO, "--backbone", "tiny", "--out", str(two), *SMALL,

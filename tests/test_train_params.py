@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from l2rec_kernels import FusedL2Rec, L2Rec, L2RecConfig
+from l2rec_kernels.cli.params import main
 from l2rec_kernels.models.tiny import tiny_backbone
 from l2rec_kernels.training.params import (
     backbone_config,
     empty_model,
     format_report,
-    main,
     parameter_report_for_config,
     trainable_parameter_report,
 )

@@ -14,8 +14,7 @@ on the GPU path.
 
 import pytest
 import torch
-from model_utils import GRAD_TOL, batch, make_backbone, make_pair
-from test_paper_preset import paper_overrides
+from model_utils import GRAD_TOL, batch, make_backbone, make_pair, paper_overrides
 from tolerances import rel_err
 from torch._dynamo.utils import counters
 from torch.overrides import TorchFunctionMode

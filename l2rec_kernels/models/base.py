@@ -326,11 +326,11 @@ class L2RecBase(nn.Module):
             raise TypeError(f"dtype must be one of {', '.join(map(str, INFERENCE_DTYPES))}, "
                             f"got {dtype!r}")
         heads = torch.promote_types(dtype, torch.float32)
-        keep = [(m, n, b) for m in self.backbone.modules() for n, b in m._buffers.items()
-                if n in _FP32_BUFFERS and b is not None]
+        keep = [(m, n, b) for m in self.backbone.modules()
+                for n, b in m.named_buffers(recurse=False) if n in _FP32_BUFFERS]
         self.backbone.to(dtype)
         for m, n, b in keep:
-            m._buffers[n] = b
+            setattr(m, n, b)  # (a registered buffer's name: assigning replaces the buffer)
         self.experts.to(dtype)
         for module in (self.behavior_encoder, self.routers, self.fusion, self.scorer):
             module.to(heads)
@@ -374,12 +374,7 @@ class L2RecBase(nn.Module):
         if not isinstance(check_backbone_weights, bool):
             raise TypeError("check_backbone_weights must be a bool, got "
                             f"{type(check_backbone_weights).__name__}")
-        cfg_path, w_path = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-        for p in (cfg_path, w_path):
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"{p} not found: is {path!s} an L2Rec checkpoint?")
-        with open(cfg_path) as f:
-            meta = json.load(f)
+        meta, w_path = read_checkpoint(path)
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported checkpoint format_version {meta.get('format_version')!r}")
         saved, given = meta["backbone"], _backbone_fingerprint(backbone)
@@ -413,6 +408,17 @@ class L2RecBase(nn.Module):
                 raise ValueError(f"checkpoint tensor {k!r} has shape {list(v.shape)}, the model "
                                  f"expects {list(expected[k].shape)}")
         self.load_state_dict(tensors, strict=False)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
+    """(the parsed ``l2rec_config.json``, the weights file's path) of a checkpoint directory;
+    FileNotFoundError naming the file that is missing."""
+    cfg_path, w_path = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
+    for p in (cfg_path, w_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p} not found: is {os.fspath(path)} an L2Rec checkpoint?")
+    with open(cfg_path) as f:
+        return json.load(f), w_path
 
 
 def load_balance_loss(logits: torch.Tensor, gates: torch.Tensor, temperature: float) -> torch.Tensor:

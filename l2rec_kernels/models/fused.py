@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import BACKENDS, resolve_backend_traceable
+from .._compat import attn_implementation, tensor_version
 from .._validation import values_are_free
 from ..ops.batch_metadata import batch_metadata
 from ..ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch
@@ -250,8 +251,7 @@ class FusedL2Rec(L2RecBase):
         mode: a forward compiled with torch.compile always runs padded)."""
         if self._packing != "auto":
             return self._packing == "packed"
-        impl = getattr(self.backbone.config, "_attn_implementation", None)
-        return impl in _VARLEN_ATTENTION
+        return attn_implementation(self.backbone.config) in _VARLEN_ATTENTION
 
     def route_gates(self, logits: torch.Tensor) -> torch.Tensor:
         v, b, e = logits.shape
@@ -329,7 +329,7 @@ class FusedL2Rec(L2RecBase):
         window narrower than the prompt, under sdpa or eager attention."""
         if not grad or values_are_free(mask) or torch.compiler.is_compiling():
             return None  # (compiled, the backbone's preparation reads no values either)
-        impl = getattr(self.backbone.config, "_attn_implementation", None)
+        impl = attn_implementation(self.backbone.config)
         if (impl not in ("sdpa", "eager") or self._shortcuts.last_layer is None
                 or layer_shortcuts.window_reason(self.backbone, mask.shape[1]) is not None):
             return None
@@ -353,7 +353,7 @@ class FusedL2Rec(L2RecBase):
         evaluation always scores with the current weights. It costs one extra
         [num_items + 1, pref_dim] tensor of memory; ``clear_item_cache()`` frees it.
         """
-        key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype)
+        key = tuple((id(t), t.data_ptr(), tensor_version(t), t.device, t.dtype)
                     for t in self._item_table_sources())
         cached = self._item_cache
         if cached is not None and cached[0] == key:

@@ -41,6 +41,14 @@ class ModelShape:
             return L2RecConfig.paper(self.num_items, num_experts=self.num_experts, rank=self.rank)
         return L2RecConfig(num_items=self.num_items, num_experts=self.num_experts, rank=self.rank)
 
+    def transformers_widths(self) -> dict[str, int]:
+        """The backbone's widths as transformers config fields (``AutoConfig.for_model(
+        self.arch, **widths)``)."""
+        return {"hidden_size": self.hidden, "num_hidden_layers": self.layers,
+                "num_attention_heads": self.heads, "num_key_value_heads": self.kv_heads,
+                "head_dim": self.head_dim or self.hidden // self.heads,
+                "intermediate_size": self.intermediate, "vocab_size": self.vocab}
+
     def backbone(self, *, layers: int | None = None, dtype: torch.dtype = torch.float32,
                  max_positions: int | None = None):
         """A random-weight backbone of this shape (``layers`` overrides the depth). Built on

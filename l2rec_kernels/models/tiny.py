@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._compat import set_attn_implementation
+
 ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3")
 
 
@@ -37,7 +39,7 @@ def tiny_backbone(arch: str = "llama", *, hidden: int = 64, layers: int = 2, hea
                      tie_word_embeddings=False, attention_dropout=0.0,
                      # (explicit: Qwen3's default head_dim is 128 whatever the width)
                      head_dim=head_dim or hidden // heads)
-    cfg._attn_implementation = attn_implementation
+    set_attn_implementation(cfg, attn_implementation)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = model_cls(cfg)

@@ -23,6 +23,7 @@ import threading
 import torch
 
 from .. import _backend
+from .._compat import mark_constant_for_dynamo
 
 _EXT_MODULE = "l2rec_kernels._C"
 _lock = threading.Lock()
@@ -60,7 +61,7 @@ def _register_fakes() -> None:
         _fakes_registered = True
 
 
-@_backend.constant_for_compile
+@mark_constant_for_dynamo
 def _ensure_loaded() -> bool:
     # assume_constant_result: under torch.compile this runs once at trace time (dynamo
     # refuses to trace importlib), and later calls cost nothing in the compiled graph.

@@ -25,7 +25,7 @@ import os
 import torch
 from safetensors.torch import load_file
 
-from ..models.base import CONFIG_NAME, WEIGHTS_NAME, L2RecBase
+from ..models.base import L2RecBase, read_checkpoint
 from ..models.config import L2RecConfig
 from ..models.digest import backbone_digest_mismatches
 
@@ -76,12 +76,7 @@ def load_weights_into(model: L2RecBase, directory: str | os.PathLike) -> None:
     checked: a ValueError names what differs). The optimizer keeps pointing at the same
     parameters, which is what Trainer's resume and best-model reload need."""
     directory = os.fspath(directory)
-    cfg_path, w_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
-    for p in (cfg_path, w_path):
-        if not os.path.isfile(p):
-            raise ValueError(f"{p} not found: {directory} is not an L2Rec checkpoint")
-    with open(cfg_path) as f:
-        meta = json.load(f)
+    meta, w_path = read_checkpoint(directory)
     saved = L2RecConfig.from_dict(meta["config"])
     if saved != model.config:
         diff = {k: (v, getattr(model.config, k)) for k, v in saved.to_dict().items()

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from .._compat import check_trainer_private_api
 from ..metrics import ranking_metrics, target_ranks
 from ..models.encoders import SASRecEncoder
 from .collator import _padded
@@ -141,6 +142,9 @@ class SASRecTrainer(Trainer):
         return None, ranks, inputs["labels"]
 
 
+check_trainer_private_api(SASRecTrainer)
+
+
 def _compute_metrics(prediction) -> dict[str, float]:
     ranks = torch.from_numpy(np.asarray(prediction.predictions).astype(np.int64).reshape(-1))
     return {k: float(v) for k, v in ranking_metrics(ranks, ks=(1, 5, 10, 20)).items()}
@@ -193,7 +197,7 @@ def train_sasrec(data, spec: SASRecSpec, output_dir: str, *, epochs: float = STA
     mode) and what happened. Trainer's checkpoints go to ``output_dir/checkpoints``."""
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-    from .cli import ddp_backend
+    from .distributed import ddp_backend
 
     if spec.num_items != data.num_items:
         raise ValueError(f"spec.num_items ({spec.num_items}) != the data's {data.num_items}")

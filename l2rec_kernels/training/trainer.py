@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
+from .._compat import check_trainer_private_api
 from ..metrics import ranking_metrics, sampled_ranks, target_ranks
 from .checkpoint import load_weights_into, write_run_info
 
@@ -134,4 +135,7 @@ class L2RecTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         load_weights_into(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)
+
+
+check_trainer_private_api(L2RecTrainer)
 

@@ -17,6 +17,7 @@ import threading
 from l2rec_kernels.models.compiled import SERVING_MODES
 
 from .admission import DEFAULT_MAX_QUEUED, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_AFTER_S, ServerLimits
+from .model_args import add_model_arguments, check_model_arguments, spec_from_args
 from .validation import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K, check_positive_int
 
 
@@ -25,20 +26,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  description="Serve an L2Rec recommender over HTTP with Ray Serve.")
     ap.add_argument("--port", type=int, required=True, help="HTTP port")
     ap.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
-    ap.add_argument("--checkpoint", help="L2Rec checkpoint directory (save_pretrained output)")
-    ap.add_argument("--backbone", help="Hugging Face backbone directory or hub id (safetensors)")
-    ap.add_argument("--titles", help="item titles (JSON list or one per line) to build prompts from "
-                                     "histories; without it a checkpoint's requests need prompt_ids")
-    ap.add_argument("--prompt-template", help="prompt text with a {titles} placeholder")
     ap.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
     ap.add_argument("--max-batch-size", type=int, default=32, help="most requests per forward")
     ap.add_argument("--batch-wait-ms", type=float, default=20.0,
                     help="how long a replica waits to fill a batch (default 20 ms)")
     ap.add_argument("--num-gpus", type=float, default=0, help="GPUs per replica (default 0)")
     ap.add_argument("--num-cpus", type=float, default=1, help="CPUs per replica (default 1)")
-    ap.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda, ...")
-    ap.add_argument("--dtype", default="auto", help="backbone dtype: auto, float32, bfloat16, float16")
-    ap.add_argument("--tiny-items", type=int, default=200, help="catalogue size of the tiny model")
+    add_model_arguments(ap)
     ap.add_argument("--compile", dest="compile_mode", default=None,
                     choices=SERVING_MODES,
                     help="run the forward as torch.compile graphs over batch/length buckets "
@@ -76,10 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 check_positive_int(name, getattr(args, name))
     except ValueError as exc:  # the message names the setting (max_queued for --max-queued, ...)
         ap.error(str(exc))
-    if (args.checkpoint is None) != (args.backbone is None):
-        ap.error("--checkpoint and --backbone go together")
-    if args.titles and not args.checkpoint:
-        ap.error("--titles needs --checkpoint (the tiny model has its own catalogue)")
+    check_model_arguments(ap, args)
     # Fail here, not after Ray has started, when a local checkpoint path is wrong. (On a
     # cluster the path need only exist on the replicas' nodes, so it is not checked then.)
     if args.checkpoint and not args.ray_address \
@@ -98,15 +89,11 @@ def _stop_on_signals(done: threading.Event) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from . import ray_app
-    from .loading import ServiceSpec
-
     done = threading.Event()
     _stop_on_signals(done)  # a Ctrl-C during start-up stops the server once it is up
-    spec = ServiceSpec(checkpoint=args.checkpoint, backbone=args.backbone, titles=args.titles,
-                       prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
-                       tiny_num_items=args.tiny_items, max_body_bytes=args.max_body_bytes,
-                       max_history_items=args.max_history_items, max_k=args.max_k,
-                       max_prompt_tokens=args.max_prompt_tokens, compile_mode=args.compile_mode)
+    spec = spec_from_args(args, max_body_bytes=args.max_body_bytes,
+                          max_history_items=args.max_history_items, max_k=args.max_k,
+                          max_prompt_tokens=args.max_prompt_tokens, compile_mode=args.compile_mode)
     try:  # stop() in finally: a failed start (e.g. a bad checkpoint) leaves no Ray behind
         ray_app.start(spec, host=args.host, port=args.port, replicas=args.replicas,
                       max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1e3,

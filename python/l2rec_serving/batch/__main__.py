@@ -22,6 +22,7 @@ import tempfile
 
 from l2rec_kernels.models.shapes import MODEL_SHAPES
 
+from ..model_args import add_model_arguments, check_model_arguments, spec_from_args
 from ..validation import DEFAULT_MAX_HISTORY_ITEMS
 from .options import DEFAULT_RETRIES, DEFAULT_ROWS_PER_FILE, BatchOptions
 from .rows import FORMATS
@@ -35,11 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                     "history and optionally prompt; default: a synthetic file (tiny model)")
     ap.add_argument("--out", required=True, help="output directory: scores/, rejected/, _manifest.json")
     ap.add_argument("--format", dest="fmt", choices=FORMATS, help="users file format (default: by extension)")
-    ap.add_argument("--checkpoint", help="L2Rec checkpoint directory (save_pretrained output)")
-    ap.add_argument("--backbone", help="Hugging Face backbone directory or hub id (safetensors)")
-    ap.add_argument("--titles", help="item titles (JSON list or one per line) to build prompts from "
-                                     "histories; without it every row needs a prompt")
-    ap.add_argument("--prompt-template", help="prompt text with a {titles} placeholder")
+    add_model_arguments(ap)
     ap.add_argument("--k", type=int, default=100, help="items per user (default 100)")
     ap.add_argument("--preference", action="store_true", help="also write each user's preference vector")
     ap.add_argument("--include-history", action="store_true",
@@ -59,22 +56,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"longer histories are rejected (default {DEFAULT_MAX_HISTORY_ITEMS})")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an existing output directory (atomically, once this run has succeeded)")
-    ap.add_argument("--device", default="auto", help="auto (cuda where an actor has a GPU), cpu, cuda")
-    ap.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    ap.add_argument("--tiny-items", type=int, default=200,
-                    help="catalogue size of the built-in model (the tiny one or --model-shape's)")
     ap.add_argument("--model-shape", choices=sorted(MODEL_SHAPES),
                     help="instead of the tiny model, a random-weight model of this named shape "
                          "(e.g. qwen3-0.6b-paper) with prompts of its length: to time a job at a "
                          "real model's widths")
     ap.add_argument("--demo-users", type=int, default=2000, help="synthetic users without --users")
     args = ap.parse_args(argv)
-    if (args.checkpoint is None) != (args.backbone is None):
-        ap.error("--checkpoint and --backbone go together")
+    check_model_arguments(ap, args)
     if args.checkpoint and not args.users:
         ap.error("--users is required with --checkpoint (synthetic users are for the tiny model)")
-    if args.titles and not args.checkpoint:
-        ap.error("--titles needs --checkpoint (the tiny model has its own catalogue)")
     if args.model_shape and args.checkpoint:
         ap.error("--model-shape builds a random-weight model: give it or --checkpoint, not both")
     try:
@@ -90,12 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ..loading import ServiceSpec
     from .job import run_job
 
-    spec = ServiceSpec(checkpoint=args.checkpoint, backbone=args.backbone, titles=args.titles,
-                       prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
-                       tiny_num_items=args.tiny_items, model_shape=args.model_shape)
+    spec = spec_from_args(args, model_shape=args.model_shape)
     users = args.users
     if users is None:
         from .demo import write_users

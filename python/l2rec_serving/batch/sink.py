@@ -20,13 +20,14 @@ outputs.) ``commit.verify`` checks the result anyway: no user twice, every input
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
+
+from l2rec_kernels._atomic import atomic_write
 
 from .output import split
 
@@ -38,14 +39,9 @@ def part_name(task_idx: int) -> str:
 
 
 def write_atomically(table: pa.Table, path: str) -> None:
-    """``table`` to ``path`` via a temporary file in the same directory and a rename."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``table`` to ``path`` as Parquet, atomically (``l2rec_kernels._atomic``)."""
+    with atomic_write(path, "wb") as f:
+        pq.write_table(table, f)
 
 
 class StagingSink(Datasink):

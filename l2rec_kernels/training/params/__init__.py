@@ -17,24 +17,18 @@ backbone shape (``BACKBONE_SHAPES``). From the command line:
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
 import torch
 from torch import nn
 
-from ..models.base import L2RecBase
-from ..models.config import NUM_VIEWS, L2RecConfig
-from ..models.reference import L2Rec
+from ...models.base import L2RecBase
+from ...models.config import NUM_VIEWS, L2RecConfig
+from ...models.reference import L2Rec
+from ...models.shapes import QWEN3_06B_SHAPE
 
 VIEW_NAMES = ("behavioral", "semantic")  # view 0, view 1 (models/config.py NUM_VIEWS)
-# Published widths of backbones (their config.json), for counting without a download.
-BACKBONE_SHAPES = {
-    "qwen3-0.6b": ("qwen3", dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
-                                 num_key_value_heads=8, head_dim=128, intermediate_size=3072,
-                                 vocab_size=151936, tie_word_embeddings=True)),
-}
+# Backbones to count without a download: their widths (``models.shapes``, the one home of
+# the published config.json widths) and what else their config.json sets that counts.
+BACKBONE_SHAPES = {"qwen3-0.6b": (QWEN3_06B_SHAPE, {"tie_word_embeddings": True})}
 # Items of the Amazon "Beauty" 2014 5-core set (22,363 users, 12,101 items), a domain the
 # sequential-recommendation literature (and L2Rec's reviews: three Amazon domains) uses.
 AMAZON_BEAUTY_ITEMS = 12101
@@ -134,8 +128,8 @@ def backbone_config(shape: str):
 
     if shape not in BACKBONE_SHAPES:
         raise ValueError(f"shape must be one of {', '.join(BACKBONE_SHAPES)}, got {shape!r}")
-    model_type, widths = BACKBONE_SHAPES[shape]
-    return AutoConfig.for_model(model_type, **widths)
+    widths, extra = BACKBONE_SHAPES[shape]
+    return AutoConfig.for_model(widths.arch, **widths.transformers_widths(), **extra)
 
 
 def shape_parameter_report(shape: str = "qwen3-0.6b", num_items: int = AMAZON_BEAUTY_ITEMS,
@@ -159,35 +153,3 @@ def format_report(report: dict) -> str:
               f"{'buffers (own)':<22}{report['buffers']:>14,}",
               f"num_items {report['num_items']:,}; {report['adapted_linears']} adapted linears"]
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Count an L2Rec model's trainable parameters from "
-                                             "configs alone (meta device, no weights).")
-    ap.add_argument("--shape", default="qwen3-0.6b", choices=sorted(BACKBONE_SHAPES),
-                    help="named backbone shape (default qwen3-0.6b)")
-    ap.add_argument("--backbone-config", default=None, metavar="DIR",
-                    help="a transformers config.json folder instead of --shape (only the config is read)")
-    ap.add_argument("--num-items", type=int, default=AMAZON_BEAUTY_ITEMS,
-                    help=f"catalogue size (default {AMAZON_BEAUTY_ITEMS}, Amazon Beauty 5-core)")
-    ap.add_argument("--preset", choices=("paper", "default"), default="paper",
-                    help="L2RecConfig.paper(...) or L2RecConfig(...) (iLoRA's defaults)")
-    ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = ap.parse_args(argv)
-    try:
-        config = (L2RecConfig.paper(args.num_items) if args.preset == "paper"
-                  else L2RecConfig(num_items=args.num_items))
-    except ValueError as e:
-        ap.error(f"--num-items: {e}")
-    if args.backbone_config is not None:
-        from transformers import AutoConfig
-
-        report = parameter_report_for_config(AutoConfig.from_pretrained(args.backbone_config), config)
-    else:
-        report = parameter_report_for_config(backbone_config(args.shape), config)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
