@@ -162,3 +162,26 @@ def pad_rows(rows: Sequence[Sequence[int]], side: str = "right") -> dict[str, to
         ids[i, sl] = torch.tensor(r, dtype=torch.long)
         mask[i, sl] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def padded_ids(rows: Sequence[Sequence[int]], width: int | None = None, fill: int = 0) -> torch.Tensor:
+    """Id rows -> [len(rows), W] int64, each row at the start and ``fill`` after it, where W
+    is the longest row, at least ``width`` and at least 1 (0 pads item histories, -1 item
+    exclusions)."""
+    width = max(width or 0, max((len(r) for r in rows), default=0), 1)
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out
+
+
+def model_inputs(prompts: Sequence[Sequence[int]], histories: Sequence[Sequence[int]],
+                 max_history: int) -> dict[str, torch.Tensor]:
+    """A forward's inputs for a batch of users, as training, serving and batch scoring build
+    them: the prompts left-padded (``input_ids``, ``attention_mask``) and each history's last
+    ``max_history`` items, padded on the right to ``max_history`` (``history_ids``). A
+    user's result does not depend on either padding."""
+    batch = pad_rows(prompts, side="left")
+    batch["history_ids"] = padded_ids([list(h)[-max_history:] for h in histories], max_history)
+    return batch

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..models.inputs import pad_rows
+from ..models.inputs import model_inputs, padded_ids
 
 
 class SampledExample(NamedTuple):
@@ -33,15 +33,6 @@ class SampledExample(NamedTuple):
 
     example: object  # an Example
     candidates: list[int]
-
-
-def _padded(rows: Sequence[Sequence[int]], width: int | None = None) -> torch.Tensor:
-    width = max(width or 0, max((len(r) for r in rows), default=0), 1)
-    out = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out
 
 
 class L2RecCollator:
@@ -75,10 +66,9 @@ class L2RecCollator:
             if not tokens:
                 raise ValueError(f"the prompt builder returned no tokens for user {ex.user}")
             prompts.append(tokens)
-        batch = pad_rows(prompts, side="left")
-        batch["history_ids"] = _padded([ex.history[-self.max_history:] for ex in examples], self.max_history)
+        batch = model_inputs(prompts, [ex.history for ex in examples], self.max_history)
         batch["labels"] = torch.tensor([ex.target for ex in examples], dtype=torch.long)
-        batch["seen"] = _padded([ex.seen for ex in examples])
+        batch["seen"] = padded_ids([ex.seen for ex in examples])
         if sampled:
             batch["candidates"] = torch.tensor(sampled, dtype=torch.long)
         return batch

@@ -40,7 +40,7 @@ from transformers import Trainer, TrainerCallback
 from .._compat import check_trainer_private_api
 from ..metrics import ranking_metrics, target_ranks
 from ..models.encoders import SASRecEncoder
-from .collator import _padded
+from ..models.inputs import padded_ids
 
 SASREC_CONFIG_NAME = "sasrec_config.json"
 SASREC_WEIGHTS_NAME = "sasrec_weights.safetensors"
@@ -103,11 +103,11 @@ class SASRecCollator:
         if not features:
             raise ValueError("the collator got an empty batch")
         if isinstance(features[0], Window):
-            return {"input_ids": _padded([f[0] for f in features]),
-                    "target_ids": _padded([f[1] for f in features])}
-        return {"history_ids": _padded([f.history[-self.max_len:] for f in features]),
+            return {"input_ids": padded_ids([f[0] for f in features]),
+                    "target_ids": padded_ids([f[1] for f in features])}
+        return {"history_ids": padded_ids([f.history[-self.max_len:] for f in features]),
                 "labels": torch.tensor([f.target for f in features], dtype=torch.long),
-                "seen": _padded([f.seen for f in features])}
+                "seen": padded_ids([f.seen for f in features])}
 
 
 class SASRecModel(nn.Module):

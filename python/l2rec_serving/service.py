@@ -132,17 +132,12 @@ class RecommenderService:
     def _inputs(self, requests: Sequence[RecommendRequest]) -> dict[str, torch.Tensor]:
         """Left-padded prompts and right-padded histories for the whole batch, on the model's
         device. (The model's result for a user does not depend on the padding.)"""
-        from l2rec_kernels.models.inputs import pad_rows
+        from l2rec_kernels.models.inputs import model_inputs
 
-        prompts = pad_rows([self._prompt(r) for r in requests], side="left")
         width = self.limits.max_history
-        history = torch.zeros(len(requests), width, dtype=torch.long)
-        for i, r in enumerate(requests):
-            recent = r.model_history(width)
-            history[i, : len(recent)] = torch.tensor(recent, dtype=torch.long)
-        return {"input_ids": prompts["input_ids"].to(self.device),
-                "attention_mask": prompts["attention_mask"].to(self.device),
-                "history_ids": history.to(self.device)}
+        inputs = model_inputs([self._prompt(r) for r in requests],
+                              [r.model_history(width) for r in requests], width)
+        return {name: t.to(self.device) for name, t in inputs.items()}
 
     def _exclusions(self, requests: Sequence[RecommendRequest]) -> torch.Tensor:
         """[B, X] item ids to exclude, -1 padded: every item of every excluding user's whole

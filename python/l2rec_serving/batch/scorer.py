@@ -57,20 +57,12 @@ def model_inputs(histories: Sequence[list[int]], prompts: Sequence[list[int]], m
                  exclude_history: bool, device) -> dict[str, torch.Tensor]:
     """``recommend``'s tensors for some users: left-padded prompts, the last ``max_history``
     items right-padded, and (``exclude_history``) every distinct history item, -1 padded."""
-    from l2rec_kernels.models.inputs import pad_rows
+    from l2rec_kernels.models.inputs import model_inputs as forward_inputs
+    from l2rec_kernels.models.inputs import padded_ids
 
-    inputs = pad_rows(prompts, side="left")
-    history = torch.zeros(len(histories), max_history, dtype=torch.long)
-    for i, h in enumerate(histories):
-        recent = h[-max_history:]
-        history[i, : len(recent)] = torch.tensor(recent, dtype=torch.long)
-    inputs["history_ids"] = history
+    inputs = forward_inputs(prompts, histories, max_history)
     if exclude_history:
-        seen = [sorted(set(h)) for h in histories]
-        exclude = torch.full((len(seen), max(map(len, seen))), -1, dtype=torch.long)
-        for i, items in enumerate(seen):
-            exclude[i, : len(items)] = torch.tensor(items, dtype=torch.long)
-        inputs["exclude_ids"] = exclude
+        inputs["exclude_ids"] = padded_ids([sorted(set(h)) for h in histories], fill=-1)
     return {name: t.to(device) for name, t in inputs.items()}
 
 
