@@ -96,10 +96,10 @@ def test_fullgraph_parity_both_padding_sides(which):
 
 
 @pytest.mark.parametrize("which", MODELS)
-@pytest.mark.parametrize("preset", ("top_k=2", "paper"))
+@pytest.mark.parametrize("preset", ("top_k=1", "top_k=2", "paper"))
 @torch.no_grad()
 def test_fullgraph_parity_presets(which, preset):
-    cfg = dict(top_k=2, num_experts=4) if preset == "top_k=2" else paper_overrides()
+    cfg = paper_overrides() if preset == "paper" else dict(top_k=int(preset[-1]), num_experts=4)
     model = pick(which, **cfg)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     b = batch(3, 9, 5)
