@@ -136,6 +136,16 @@ def needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def refuse_grad(op: str, backend: str, *tensors) -> None:
+    """The one way an inference-only backend refuses gradients: RuntimeError when
+    ``needs_grad(*tensors)``, naming the op, the backend and what to do instead."""
+    if needs_grad(*tensors):
+        raise RuntimeError(
+            f"{op} backend={backend!r} is inference-only (no backward) and an input requires "
+            "grad with grad mode on: use backend='torch' for training, or run under "
+            "torch.no_grad() / torch.inference_mode()")
+
+
 def _unavailable(backend: str, device: torch.device) -> str | None:
     if backend == "torch":
         return None

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _autotune
-from .._backend import needs_grad, resolve_backend_traceable, usable_backends
+from .._backend import needs_grad, refuse_grad, resolve_backend_traceable, usable_backends
 from .._validation import (
     check_finite,
     check_float,
@@ -89,7 +89,7 @@ def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         if x.dtype not in TRITON_DTYPES:
             raise TypeError(f"backend='triton' supports x dtypes float32, float16, bfloat16 for "
                             f"dpmoe_linear, got {x.dtype}; use backend='torch'")
-        _refuse_grad(x, weight, bias, lora_a, lora_b, gates, shared_a, shared_b)
+        refuse_grad("dpmoe_linear", "triton", x, weight, bias, lora_a, lora_b, gates, shared_a, shared_b)
         return triton_op()(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
                            float(scaling), shared_a, shared_b, per_row_gates)
     return dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
@@ -265,14 +265,6 @@ def triton_op():
     from . import _dpmoe_linear_triton  # noqa: F401  (import registers the op)
 
     return torch.ops.l2rec.dpmoe_linear
-
-
-def _refuse_grad(*tensors) -> None:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            "dpmoe_linear backend='triton' is inference-only (no backward); an input requires "
-            "grad with grad mode on: use backend='torch' for training, or run under "
-            "torch.no_grad() / torch.inference_mode()")
 
 
 def _want_value_checks(validate: bool | None, x: torch.Tensor) -> bool:

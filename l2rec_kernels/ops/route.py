@@ -36,7 +36,7 @@ import numbers
 import torch
 
 from .. import _autotune
-from .._backend import needs_grad, resolve_backend_traceable, usable_backends
+from .._backend import needs_grad, refuse_grad, resolve_backend_traceable, usable_backends
 from .._validation import check_finite, check_tensor, values_are_free
 
 _GATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -107,10 +107,7 @@ def route(logits: torch.Tensor, top_k: int | None = None, temperature: float = 1
         if logits.dtype not in _GATE_DTYPES:
             raise TypeError(f"logits must have dtype float32, float16 or bfloat16 for backend="
                             f"{which!r}, got {str(logits.dtype).replace('torch.', '')}")
-        if logits.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(f"route backend={which!r} is inference-only and logits require "
-                               "grad; use backend='torch' to train through the router, or call "
-                               "under torch.no_grad()")
+        refuse_grad("route", which, logits)
     if values_are_free(logits):
         check_finite("logits", logits)  # free on the host; skipped on CUDA (no sync)
     if num_rows == 0:
