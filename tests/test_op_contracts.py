@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import HAS_GPU
 from op_cases import make, make_case, random_exclude
 
 from l2rec_kernels.ops.batch_metadata import batch_metadata
@@ -179,7 +178,8 @@ def _skip_unusable(name: str, backend: str) -> None:
     if backend == "cuda":
         from l2rec_kernels._backend import cuda_ext_unavailable_reason
 
-        reason = "no GPU" if not HAS_GPU else cuda_ext_unavailable_reason(torch.device("cuda"))
+        reason = ("no GPU" if not torch.cuda.is_available()
+                  else cuda_ext_unavailable_reason(torch.device("cuda")))
         if reason is not None:
             pytest.skip(f"the CUDA extension cannot run here: {reason}")
 

@@ -63,7 +63,7 @@ class SASRecEncoder(nn.Module):
         # SASRec's usual initialisation (BERT's, as RecBole's SASRec uses): N(0, 0.02) for
         # every linear and embedding weight, zero biases. Chosen on ML-100K's validation split
         # over PyTorch's defaults with item embeddings at N(0, 1/dim), which trained far worse
-        # (docs/compare.md, "Stage 1's initialisation").
+        # (docs/compare.md: the stage-1 rows of the table under "L2Rec's recipe here").
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
