@@ -15,7 +15,7 @@ the fastest, as Triton's autotuner does for its configs:
   reuse it; ``python -m l2rec_kernels.tune`` fills it ahead of time for a model's shapes;
 * nothing is measured while ``torch.compile`` traces, while a CUDA graph is being
   captured, or under ``torch.cuda.set_sync_debug_mode`` (a measurement synchronises): the
-  cached choice is used there, else the default rule (``_backend.resolve_backend``: cuda >
+  cached choice is used there, else the default rule (``_dispatch.select``: cuda >
   triton > torch). Only a graph compiled with ``dynamic=False`` looks its buckets up in the
   cache; one whose sizes may be symbolic (the default, and ``dynamic=True``) takes the
   default rule, since a bucket computed from a symbolic size would specialise the graph on

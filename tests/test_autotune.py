@@ -362,3 +362,17 @@ def test_tune_refuses_a_device_that_is_not_measured(monkeypatch):
     monkeypatch.setattr(_autotune, "MEASURED_DEVICE_TYPES", ("cuda",))
     with pytest.raises(SystemExit):
         tune.main(["--shape", "cpu-small", "--device", "cpu"])
+
+
+@pytest.mark.interpreter
+def test_auto_times_only_the_backends_that_serve_the_inputs(tuned):
+    """The dispatch table's limits decide the candidates: topk_items' triton serves k <= 4096,
+    so a larger k leaves torch alone and nothing is timed; a smaller one times both."""
+    from l2rec_kernels._dispatch import TRITON_MAX_K
+
+    query, item_emb = torch.randn(2, 8), torch.randn(TRITON_MAX_K + 3, 8)
+    topk_items(query, item_emb, TRITON_MAX_K + 1, backend="auto")  # the refusing timer stays off
+    timer = Timer({"triton": 1.0, "torch": 2.0})
+    _autotune.set_timer(timer)
+    topk_items(query, item_emb, 3, backend="auto")
+    assert [set(c) for c in timer.calls] == [{"triton", "torch"}]

@@ -247,7 +247,7 @@ def test_no_host_sync_on_gpu(backend, device):
 @pytest.mark.gpu
 def test_cuda_user_limit_and_stream(device):
     mask = make_mask(CUDA_MAX_USERS + 1, 2, "right").to(device)
-    with pytest.raises(ValueError, match=f"at most {CUDA_MAX_USERS} rows"):
+    with pytest.raises(ValueError, match=f"users <= {CUDA_MAX_USERS}"):
         batch_metadata(mask, backend="cuda")
     auto = batch_metadata(mask, backend="auto")  # falls back to the torch path
     assert torch.equal(auto.cu_seqlens, batch_metadata(mask, backend="torch").cu_seqlens)

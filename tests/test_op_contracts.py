@@ -265,3 +265,37 @@ def test_bad_input_names_the_argument(name, device):
     with pytest.raises(ValueError, match="backend"):
         contract.bad_call(device, backend="gpu")
     assert first.device.type == device.type
+
+
+# ------------------------------------------------------------------------- the dispatch table
+def test_the_dispatch_table_is_what_the_contracts_see():
+    """Every op's row in ``_dispatch.TABLE`` lists its backends in auto's order (cuda, triton,
+    torch) and ends with torch; the inference-only ones are those that refuse gradients."""
+    from l2rec_kernels._dispatch import TABLE
+
+    assert set(TABLE) == set(CONTRACTS)
+    for name, row in TABLE.items():
+        assert tuple(row) == tuple(b for b in ("cuda", "triton", "torch") if b in row)
+        assert not row["torch"].inference_only and row["torch"].dtypes is None
+        contract = CONTRACTS[name]
+        assert set(contract.backends) <= set(row)
+        assert {b for b in contract.backends if row[b].inference_only} == set(contract.refuses_grad)
+
+
+def test_select_resolves_explicit_auto_and_limits(device):
+    """One resolver: ``auto`` on CPU tensors is torch, an inference-only backend drops out of
+    ``auto``'s candidates under grad, an explicit one is checked (name, dtype, size limits).
+    (test_autotune checks which candidates a measured ``auto`` times.)"""
+    from l2rec_kernels._dispatch import select
+
+    assert select("route", "auto", torch.device("cpu"), torch.float32) == "torch"
+    assert select("route", "triton", device, torch.float32) == "triton"
+    with pytest.raises(ValueError, match="not implemented for dpmoe_linear"):
+        select("dpmoe_linear", "cuda", device, torch.float32)
+    with pytest.raises(TypeError, match="logits dtypes float32, float16, bfloat16, got float64"):
+        select("route", "triton", device, torch.float64)
+    with pytest.raises(ValueError, match="k <= 4096, got k=4097"):
+        select("topk_items", "triton", device, torch.float32, exact=(("items", 5000), ("k", 4097)))
+    wants_grad = torch.zeros(1, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        select("route", "triton", device, torch.float32, grad_inputs=(wants_grad,))

@@ -38,8 +38,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .._backend import BACKENDS, resolve_backend_traceable
+from .._backend import BACKENDS
 from .._compat import attn_implementation, tensor_version
+from .._dispatch import planned_backend
 from .._validation import values_are_free
 from ..ops.batch_metadata import batch_metadata
 from ..ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch
@@ -125,7 +126,7 @@ class FusedContext(adapters.RoutingContext):
         it does in eager mode on the CPU)."""
         if self.rows_per_seq is None or not torch.compiler.is_compiling():
             return None
-        which = resolve_backend_traceable(self.backend, device.type, "dpmoe_linear", ("triton", "torch"))
+        which = planned_backend("dpmoe_linear", self.backend, device.type)
         if which != "torch":
             return None
         users, r = self.gates.shape[0] // NUM_VIEWS, self.rows_per_seq
@@ -235,7 +236,7 @@ class FusedL2Rec(L2RecBase):
             taken.append("last_rows")
         dpmoe = _op_backends(self._backend, grad)["dpmoe_linear"]
         if dpmoe == "auto":  # "auto" never raises; an explicit backend is taken as named
-            dpmoe = resolve_backend_traceable(dpmoe, device, "dpmoe_linear", ("triton", "torch"))
+            dpmoe = planned_backend("dpmoe_linear", dpmoe, device)
         if dpmoe == "torch" and self._shortcuts.first_qkv:
             taken.append("shared_first_qkv")
         return tuple(taken)

@@ -4,7 +4,7 @@
 
 - compiled triton (a GPU): a ``torch.library.triton_op`` whose body launches through
   ``wrap_triton``, so ``torch.compile`` traces into the body and Inductor sees the kernels;
-- the interpreter (``TRITON_INTERPRET=1`` when triton was first imported): an opaque
+- the interpreter (``_backend.triton_interpreter()``): an opaque
   ``torch.library.custom_op``. Interpreted kernels are plain Python functions that
   ``wrap_triton`` cannot capture, and fake tensors (``opcheck``, ``torch.compile``) must
   never reach them, so compiled graphs call the op at run time instead.
@@ -25,19 +25,12 @@ import contextvars
 from collections.abc import Callable, Iterator
 
 import torch
-import triton
 from torch.library import wrap_triton
-from triton.runtime.jit import JITFunction
 
+from .._backend import triton_interpreter
 
-@triton.jit
-def _probe():
-    pass
-
-
-# TRITON_INTERPRET is read once, when triton is imported: under the interpreter
-# ``@triton.jit`` gives interpreted functions instead of JITFunctions.
-INTERPRETER = not isinstance(_probe, JITFunction)
+# Under the interpreter ``@triton.jit`` gives plain Python functions instead of JITFunctions.
+INTERPRETER = triton_interpreter()
 
 _compile_hook: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
     "l2rec_triton_compile_hook", default=None)

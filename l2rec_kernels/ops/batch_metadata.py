@@ -43,16 +43,13 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _autotune
-from .._backend import resolve_backend_traceable, usable_backends
+from .._dispatch import CUDA_MAX_USERS as CUDA_MAX_USERS  # the kernel's limit, in the table
+from .._dispatch import select
 from .._validation import check_range, check_tensor, values_are_free
 
 MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 # cu_seqlens is int32, so the packed capacity V·B·T must fit in int32.
 MAX_PACKED_ROWS = 2**31 - 1
-# Users one launch of the CUDA kernel handles (csrc/l2rec_kernels.h, kMetadataMaxUsers):
-# each block keeps every user's offset in shared memory.
-CUDA_MAX_USERS = 8192
 
 
 class BatchMetadata(NamedTuple):
@@ -111,24 +108,11 @@ def batch_metadata(attention_mask: torch.Tensor, num_views: int = 2,
         raise ValueError(
             f"num_views * B * T must be <= {MAX_PACKED_ROWS} (cu_seqlens is int32), "
             f"got num_views={num_views}, attention_mask shape {tuple(attention_mask.shape)}")
-    which = resolve_backend_traceable(backend, attention_mask.device.type, "batch_metadata",
-                                      ("cuda", "torch"))
-    if which == "cuda" and users > CUDA_MAX_USERS:
-        if backend == "cuda":
-            raise ValueError(
-                f"backend='cuda' handles attention_mask with at most {CUDA_MAX_USERS} rows "
-                f"(users), got {users}; use backend='torch' or 'auto'")
-        which = "torch"
     if attention_mask.dtype != torch.bool and values_are_free(attention_mask):
         check_range("attention_mask", attention_mask, 0, 1)  # free on the host only
-    if backend == "auto" and _autotune.measures(attention_mask.device.type):
-        candidates = tuple(b for b in usable_backends(attention_mask.device.type, ("cuda", "torch"))
-                           if b != "cuda" or users <= CUDA_MAX_USERS)
-        which = _autotune.choose(
-            "batch_metadata", attention_mask.device, attention_mask.dtype,
-            (("users", users), ("tokens", tokens)), (("views", num_views),),
-            (which, *(b for b in candidates if b != which)), which,
-            lambda: {b: (lambda b=b: _run(b, attention_mask, num_views)) for b in ("cuda", "torch")})
+    which = select("batch_metadata", backend, attention_mask.device, attention_mask.dtype,
+                   rows=(("users", users), ("tokens", tokens)), exact=(("views", num_views),),
+                   run=lambda which: _run(which, attention_mask, num_views))
     return _run(which, attention_mask, num_views)
 
 

@@ -28,8 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import _autotune
-from .._backend import needs_grad, refuse_grad, resolve_backend_traceable, usable_backends
+from .._dispatch import select
 from .._validation import (
     check_finite,
     check_float,
@@ -38,8 +37,6 @@ from .._validation import (
     check_shape,
     values_are_free,
 )
-
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -79,49 +76,26 @@ def dpmoe_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     _check_metadata(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling,
                     shared_a, shared_b, per_row_gates)
-    name = resolve_backend_traceable(backend, x.device.type, "dpmoe_linear", ("triton", "torch"))
     if _want_value_checks(validate, x):
         _check_values(x, lora_a, gates, seq_view, cu_seqlens)
-    if backend == "auto":
-        name = _auto_backend(name, x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
-                             float(scaling), shared_a, shared_b, per_row_gates)
-    if name == "triton":
-        if x.dtype not in TRITON_DTYPES:
-            raise TypeError(f"backend='triton' supports x dtypes float32, float16, bfloat16 for "
-                            f"dpmoe_linear, got {x.dtype}; use backend='torch'")
-        refuse_grad("dpmoe_linear", "triton", x, weight, bias, lora_a, lora_b, gates, shared_a, shared_b)
-        return triton_op()(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
-                           float(scaling), shared_a, shared_b, per_row_gates)
-    return dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
-                              float(scaling), shared_a=shared_a, shared_b=shared_b,
-                              per_row_gates=per_row_gates)
-
-
-def _auto_backend(default: str, x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
-                  scaling: float, shared_a, shared_b, per_row_gates: bool) -> str:
-    """What ``backend="auto"`` runs: torch when a gradient is wanted, else the measured
-    choice for CUDA tensors (``_autotune``), else ``default``."""
-    if needs_grad(x, weight, bias, lora_a, lora_b, gates, shared_a, shared_b):
-        return "torch"
-    if not _autotune.measures(x.device.type):
-        return default
-    candidates = tuple(b for b in usable_backends(x.device.type, ("triton", "torch"))
-                       if b != "triton" or x.dtype in TRITON_DTYPES)
-    if default not in candidates:  # e.g. fp64 on a GPU: triton cannot run it
-        default = "torch"
-    candidates = (default, *(c for c in candidates if c != default))  # ties go to the default
+    scaling = float(scaling)
     V, E, R, d_in = lora_a.shape
-    exact = (("d_in", d_in), ("d_out", weight.shape[0]), ("V", V), ("E", E), ("r", R),
-             ("Es", 0 if shared_a is None else shared_a.shape[0]), ("per_row_gates", int(per_row_gates)))
 
-    def thunks():
-        args = (x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens, scaling)
-        return {"triton": lambda: triton_op()(*args, shared_a, shared_b, per_row_gates),
-                "torch": lambda: dpmoe_linear_torch(*args, shared_a=shared_a, shared_b=shared_b,
-                                                    per_row_gates=per_row_gates)}
+    def run(which: str) -> torch.Tensor:
+        if which == "triton":
+            return triton_op()(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
+                               scaling, shared_a, shared_b, per_row_gates)
+        return dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seqlens,
+                                  scaling, shared_a=shared_a, shared_b=shared_b,
+                                  per_row_gates=per_row_gates)
 
-    return _autotune.choose("dpmoe_linear", x.device, x.dtype, (("rows", x.shape[0]),), exact,
-                            candidates, default, thunks)
+    which = select(
+        "dpmoe_linear", backend, x.device, x.dtype, rows=(("rows", x.shape[0]),),
+        exact=(("d_in", d_in), ("d_out", weight.shape[0]), ("V", V), ("E", E), ("r", R),
+               ("Es", 0 if shared_a is None else shared_a.shape[0]),
+               ("per_row_gates", int(per_row_gates))),
+        grad_inputs=(x, weight, bias, lora_a, lora_b, gates, shared_a, shared_b), run=run)
+    return run(which)
 
 
 # The per-view path pays a few small launches per run of same-view rows; below this many

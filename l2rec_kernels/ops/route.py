@@ -29,18 +29,15 @@ torch path compiles into one graph.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 
 import torch
 
-from .. import _autotune
-from .._backend import needs_grad, refuse_grad, resolve_backend_traceable, usable_backends
+from .._dispatch import FLOAT_DTYPES, select
 from .._validation import check_finite, check_tensor, values_are_free
 
-_GATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_TORCH_DTYPES = (*_GATE_DTYPES, torch.float64)  # fp64 only on the torch path (gradcheck)
+_TORCH_DTYPES = (*FLOAT_DTYPES, torch.float64)  # fp64 only on the torch path (gradcheck)
 
 
 def _check_top_k(top_k, num_experts: int) -> int | None:
@@ -99,31 +96,18 @@ def route(logits: torch.Tensor, top_k: int | None = None, temperature: float = 1
         raise ValueError(f"logits must have at least one expert column, got shape {tuple(logits.shape)}")
     top_k = _check_top_k(top_k, num_experts)
     temperature = _check_temperature(temperature)
-    which = resolve_backend_traceable(backend, logits.device.type, "route", ("cuda", "triton", "torch"))
-    measured = backend == "auto" and _autotune.measures(logits.device.type)
-    if backend == "auto" and (needs_grad(logits) or logits.dtype not in _GATE_DTYPES):
-        which, measured = "torch", False  # the differentiable path, and the only one for fp64
-    if which != "torch":
-        if logits.dtype not in _GATE_DTYPES:
-            raise TypeError(f"logits must have dtype float32, float16 or bfloat16 for backend="
-                            f"{which!r}, got {str(logits.dtype).replace('torch.', '')}")
-        refuse_grad("route", which, logits)
     if values_are_free(logits):
         check_finite("logits", logits)  # free on the host; skipped on CUDA (no sync)
+
+    def run(which: str) -> torch.Tensor:
+        return _run(which, logits, top_k, temperature)
+
+    which = select("route", backend, logits.device, logits.dtype, rows=(("rows", num_rows),),
+                   exact=(("E", num_experts), ("top_k", top_k or 0)), grad_inputs=(logits,),
+                   run=run)
     if num_rows == 0:
         return logits.new_empty((0, num_experts))
-    if measured:
-        which = _autotune.choose(
-            "route", logits.device, logits.dtype, (("rows", num_rows),),
-            (("E", num_experts), ("top_k", top_k or 0)), _candidates(logits.device.type, which),
-            which, lambda: {b: functools.partial(_run, b, logits, top_k, temperature)
-                            for b in ("cuda", "triton", "torch")})
-    return _run(which, logits, top_k, temperature)
-
-
-def _candidates(device_type: str, default: str) -> tuple[str, ...]:
-    usable = usable_backends(device_type, ("cuda", "triton", "torch"))
-    return (default, *(b for b in usable if b != default))  # ties go to the default
+    return run(which)
 
 
 def _run(which: str, logits: torch.Tensor, top_k: int | None, temperature: float) -> torch.Tensor:

@@ -30,18 +30,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import _autotune
-from .._backend import resolve_backend_traceable, usable_backends
+from .._dispatch import FLOAT_DTYPES as _DTYPES
+from .._dispatch import TRITON_MAX_ITEMS as TRITON_MAX_ITEMS  # the triton kernel's limits,
+from .._dispatch import TRITON_MAX_K as TRITON_MAX_K  # stated in the dispatch table
+from .._dispatch import check_serves, select
 from .._validation import check_exclude, check_tensor
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# The largest k the triton kernel serves (its partials hold next_power_of_2(k) keys per
-# query and catalogue slice, and a merge sorts one such row on chip); "auto" takes the
-# torch path above it.
-TRITON_MAX_K = 4096
-# The most items the triton kernel serves: its keys hold an item id in 31 bits, with room
-# for the empty-slot sentinel.
-TRITON_MAX_ITEMS = 2**31 - 2
 # Catalogue items scored per torch step: the [B, chunk] fp32 block is the path's largest
 # intermediate, so the chunk shrinks as the batch grows (at most 2^24 scores, 64 MiB).
 MAX_CHUNK_ITEMS = 65536
@@ -130,21 +124,15 @@ def topk_items(query: torch.Tensor, item_emb: torch.Tensor, k: int,
     torch where triton cannot serve k or N.
     """
     check_topk_inputs(query, item_emb, k, exclude)
-    which = resolve_backend_traceable(backend, query.device.type, "topk_items", ("triton", "torch"))
-    if backend == "auto":
-        triton_ok = k <= TRITON_MAX_K and item_emb.shape[0] <= TRITON_MAX_ITEMS
-        candidates = tuple(b for b in usable_backends(query.device.type, ("triton", "torch"))
-                           if b != "triton" or triton_ok)
-        if which not in candidates:
-            which = "torch"
-        if _autotune.measures(query.device.type):
-            which = _autotune.choose(
-                "topk_items", query.device, query.dtype,
-                (("queries", query.shape[0]), ("exclude", 0 if exclude is None else exclude.shape[1])),
-                (("items", item_emb.shape[0]), ("d", query.shape[1]), ("k", k)),
-                (which, *(b for b in candidates if b != which)), which,
-                lambda: {"triton": lambda: topk_items_triton(query, item_emb, k, exclude),
-                         "torch": lambda: topk_items_torch(query, item_emb, k, exclude)})
+    which = select("topk_items", backend, query.device, query.dtype,
+                   rows=(("queries", query.shape[0]),
+                         ("exclude", 0 if exclude is None else exclude.shape[1])),
+                   exact=(("items", item_emb.shape[0]), ("d", query.shape[1]), ("k", k)),
+                   run=lambda which: _run(which, query, item_emb, k, exclude))
+    return _run(which, query, item_emb, k, exclude)
+
+
+def _run(which: str, query, item_emb, k: int, exclude):
     if which == "torch":
         return topk_items_torch(query, item_emb, k, exclude)
     return topk_items_triton(query, item_emb, k, exclude)
@@ -158,12 +146,7 @@ def topk_items_triton(query: torch.Tensor, item_emb: torch.Tensor, k: int,
     ``tiles_per_slice`` (items per program / the kernel's tile width) is for tests and
     tuning; None picks it from the device.
     """
-    if k > TRITON_MAX_K:
-        raise ValueError(f"topk_items backend='triton' supports k <= {TRITON_MAX_K}, got k={k}; "
-                         "use backend='torch'")
-    if item_emb.shape[0] > TRITON_MAX_ITEMS:
-        raise ValueError(f"topk_items backend='triton' supports at most {TRITON_MAX_ITEMS} items, "
-                         f"got N={item_emb.shape[0]}; use backend='torch'")
+    check_serves("topk_items", "triton", query.dtype, (("k", k), ("items", item_emb.shape[0])))
     if tiles_per_slice is not None and (isinstance(tiles_per_slice, bool)
                                         or not isinstance(tiles_per_slice, int) or tiles_per_slice < 1):
         raise ValueError(f"tiles_per_slice must be None or a positive int, got {tiles_per_slice!r}")
