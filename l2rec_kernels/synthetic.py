@@ -1,7 +1,9 @@
 """A synthetic catalogue with a planted preference, for examples, demos and serving.
 
 Items 1..N belong to G genres (item i has genre (i - 1) % G). Each item's "title" is two
-words, its genre word and its own word, tokenised by a tiny word-level tokenizer, so the
+words, its genre word and its own word, tokenised by a word-level tokenizer
+(``word_tokenizer.fixed_word_tokenizer``: ids 0 [PAD], 1 [BOS], 2 [SEP], then the genre
+words, then the item words), so the
 semantic view can see genres through the text table while the behavioral view sees ids.
 A user prefers one genre: most of their history, and their next item, come from it.
 A model that learns should reach a hit rate far above chance (k / N).
@@ -15,30 +17,10 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from .models.inputs import pad_rows
+from .word_tokenizer import encode_words, fixed_word_tokenizer
 
 PAD, BOS, SEP = 0, 1, 2
-_FIRST_WORD = 3
-
-
-class WordTokenizer:
-    """Whitespace word tokenizer with a fixed vocabulary, called like a Hugging Face one."""
-
-    def __init__(self, words: Sequence[str]) -> None:
-        self.vocab = {w: i + _FIRST_WORD for i, w in enumerate(words)}
-        self.vocab_size = len(self.vocab) + _FIRST_WORD
-        self.pad_token_id = PAD
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.vocab[w] for w in text.split()]
-        except KeyError as exc:
-            raise ValueError(f"unknown word {exc.args[0]!r}") from None
-
-    def __call__(self, texts: Sequence[str], padding: bool = True, truncation: bool = True,
-                 max_length: int | None = None, return_tensors: str = "pt") -> dict:
-        rows = [self.encode(t)[:max_length] if truncation and max_length else self.encode(t)
-                for t in texts]
-        return pad_rows(rows)
+SPECIALS = ("[PAD]", "[BOS]", "[SEP]")  # ids PAD, BOS, SEP
 
 
 class SyntheticCatalogue:
@@ -50,8 +32,16 @@ class SyntheticCatalogue:
         self.num_items, self.num_genres, self.max_history = num_items, num_genres, max_history
         genre_words = [f"genre{g}" for g in range(num_genres)]
         item_words = [f"item{i}" for i in range(1, num_items + 1)]
-        self.tokenizer = WordTokenizer([*genre_words, *item_words])
+        # No unknown-word token (an unknown word is an error) and no automatic [BOS]: the
+        # prompts put BOS first themselves, and titles are embedded without it.
+        self.tokenizer = fixed_word_tokenizer([*genre_words, *item_words], SPECIALS, unk=None,
+                                              add_bos=False)
         self.titles = [f"genre{self.genre(i)} item{i}" for i in range(1, num_items + 1)]
+        self._title_tokens = [self.encode(t) for t in self.titles]
+
+    def encode(self, text: str) -> list[int]:
+        """``text``'s token ids (no BOS); ValueError when a word is not the catalogue's."""
+        return encode_words(self.tokenizer, text)
 
     def genre(self, item: int) -> int:
         return (item - 1) % self.num_genres
@@ -99,7 +89,7 @@ class SyntheticCatalogue:
     def _prompt_tokens(self, ids: list[int]) -> list[int]:
         tokens = [BOS]
         for item in ids:
-            tokens += [*self.tokenizer.encode(self.titles[item - 1]), SEP]
+            tokens += [*self._title_tokens[item - 1], SEP]
         return tokens
 
     def _prompts(self, histories: list[list[int]], side: str) -> dict:

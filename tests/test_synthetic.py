@@ -23,7 +23,21 @@ def test_batch_builds_prompts_and_histories(cat):
     assert first[0] == BOS and first.count(SEP) == 4
     assert b["input_ids"][0].tolist() == first
     assert b["attention_mask"][1].tolist()[-len(cat.prompt_tokens([8])):] == [1] * 4
-    assert cat.tokenizer.encode(cat.titles[7]) == cat.prompt_tokens([8])[1:3]
+    assert cat.encode(cat.titles[7]) == cat.prompt_tokens([8])[1:3]
+
+
+def test_the_tokenizer_is_a_saved_hugging_face_one_with_pinned_ids(cat, tmp_path):
+    """[PAD] [BOS] [SEP], the genre words, the item words; unknown words are refused; it
+    reloads through AutoTokenizer with the same ids."""
+    from transformers import AutoTokenizer
+
+    assert cat.encode("genre0 genre3 item1 item40") == [3, 6, 7, 46]
+    assert len(cat.tokenizer) == 3 + 4 + 40 and cat.tokenizer.pad_token_id == 0
+    with pytest.raises(ValueError, match="item41"):
+        cat.encode("genre0 item41")
+    cat.tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(cat.titles)["input_ids"] == [cat.encode(t) for t in cat.titles]
 
 
 def test_ids_of_other_integer_types_are_accepted(cat):

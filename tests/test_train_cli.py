@@ -66,17 +66,28 @@ def test_train_writes_a_servable_checkpoint(trained, capsys):
         assert torch.equal(v, load_file(trained / "l2rec_weights.safetensors")[k]), k
 
 
-def test_resume_last_from_the_cli_reproduces_the_run(trained, tmp_path):
-    """A copy of the run cut back to its first checkpoint, resumed with --resume-from-checkpoint
-    last (the saved tiny backbone reloaded), ends with the uninterrupted run's weights."""
-    out = tmp_path / "ckpt"
-    shutil.copytree(trained, out)
-    shutil.rmtree(out / "checkpoints/checkpoint-4")
+def test_resume_last_reproduces_the_run_across_an_epoch(tmp_path, capsys):
+    """The suite's one resume test. A 7-step run (5 steps an epoch, a checkpoint every 3),
+    copied and cut back to its step-3 checkpoint, resumed with --resume-from-checkpoint last
+    (the newest checkpoint found, the saved tiny backbone reloaded), crosses the epoch
+    boundary and ends with the uninterrupted run's weights, having trained steps 4 to 7 only
+    (a resume that silently started over would give the same weights in 7 steps)."""
+    full = tmp_path / "full"
+    run_args = ("--max-steps", "7", "--batch-size", "64", "--eval-steps", "3", "--train-positions", "1",
+                "--save-total-limit", "3")
+    _train(full, *run_args)
+    assert sorted(os.listdir(full / "checkpoints")) == ["checkpoint-3", "checkpoint-6", "checkpoint-7"]
+    out = tmp_path / "cut"
+    shutil.copytree(full, out)
+    for later in ("checkpoint-6", "checkpoint-7"):
+        shutil.rmtree(out / "checkpoints" / later)
     (out / "l2rec_weights.safetensors").unlink()
-    _train(out, "--max-steps", "4", "--batch-size", "8", "--eval-steps", "2",
-           "--resume-from-checkpoint", "last")
-    want = load_file(trained / "l2rec_weights.safetensors")
-    got = load_file(out / "l2rec_weights.safetensors")
+    capsys.readouterr()
+    _train(out, *run_args, "--resume-from-checkpoint", "last")
+    steps_logged = [line for line in capsys.readouterr().out.splitlines() if "'grad_norm'" in line]
+    assert len(steps_logged) == 4
+    want = load_file(full / "checkpoints/checkpoint-7/l2rec_weights.safetensors")
+    got = load_file(out / "checkpoints/checkpoint-7/l2rec_weights.safetensors")
     assert got.keys() == want.keys()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=k)

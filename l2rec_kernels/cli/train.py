@@ -201,7 +201,7 @@ def _resume_path(value: str | None, output_dir: str) -> str | None:
 def _backbone(args, saved_tiny: str | None, titles: list[str], template: str):
     """(backbone, tokenizer): ``saved_tiny`` when given, else a new tiny one, else ``--backbone``."""
     from ..training.backbone import TINY, build_tiny_backbone, load_backbone
-    from ..training.tokenizer import prompt_texts
+    from ..word_tokenizer import prompt_texts
 
     if saved_tiny is not None:
         return load_backbone(saved_tiny)

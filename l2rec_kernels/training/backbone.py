@@ -6,7 +6,7 @@ directory, or the project's tiny random-weight Llama with a word-level tokenizer
                     refused, not loaded).
 ``--backbone tiny`` at training time: ``tiny_backbone("llama", ...)`` sized to a word
                     vocabulary built from the data's titles and the prompt template
-                    (``training.tokenizer``). It is saved into the checkpoint as an
+                    (``word_tokenizer``). It is saved into the checkpoint as an
                     ordinary Hugging Face directory (``CKPT/backbone``: config.json,
                     model.safetensors, tokenizer.json), so evaluation, resuming, the
                     server and anyone else load exactly the weights the model was trained
@@ -32,7 +32,7 @@ def build_tiny_backbone(texts, *, max_positions: int, seed: int = 0, max_words: 
     """(random-weight tiny Llama, word tokenizer over ``texts``): the vocabulary is the
     tokenizer's, positions cover ``max_positions`` tokens, weights come from ``seed``."""
     from ..models.tiny import tiny_backbone
-    from .tokenizer import build_word_tokenizer
+    from ..word_tokenizer import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(texts, max_words=max_words)
     backbone = tiny_backbone("llama", hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
