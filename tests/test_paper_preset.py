@@ -27,6 +27,9 @@ from l2rec_kernels.models.reference import L2Rec
 ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 ROUTER_VARIANTS = (("user",), ("context",), ("interaction",), ROUTER_INPUTS)
 LEGACY = os.path.join(os.path.dirname(__file__), "data", "l2rec_v1_llama")
+# Written at 71ad60b, when experts were patched into the backbone (before adapters became
+# wrapper modules): tests/data/README.md.
+BEFORE_ADAPTER_MODULES = os.path.join(os.path.dirname(__file__), "data", "l2rec_71ad60b_qwen3_paper")
 
 
 def test_paper_preset_fields():
@@ -177,6 +180,24 @@ def test_checkpoint_from_before_the_new_fields_loads(cls):
     assert cfg.num_shared_experts == 0 and cfg.router_inputs == ("user",)
     assert cfg.load_balance_weight == 0 and cfg.contrastive_weight == 0
     data = load_file(os.path.join(LEGACY, "expected.safetensors"))
+    want = data.pop("scores")
+    with torch.no_grad():
+        got = model(**data).scores
+    assert rel_err(got, want) <= REL_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("cls", [L2Rec, FusedL2Rec])
+def test_checkpoint_from_before_the_adapter_modules_loads_with_its_keys(cls):
+    """A paper-preset Qwen3 checkpoint from 71ad60b loads (its backbone digest matches the
+    same tiny backbone), every saved tensor lands under its saved key, and the model gives
+    the scores that commit's model gave."""
+    path = BEFORE_ADAPTER_MODULES
+    model = cls.from_pretrained(path, make_backbone("qwen3")).eval()
+    saved = load_file(os.path.join(path, "l2rec_weights.safetensors"))
+    own = model.own_state_dict()
+    assert own.keys() == saved.keys()
+    assert all(torch.equal(own[k], saved[k]) for k in saved)
+    data = load_file(os.path.join(path, "expected.safetensors"))
     want = data.pop("scores")
     with torch.no_grad():
         got = model(**data).scores
