@@ -32,10 +32,10 @@ class SyntheticCatalogue:
         self.num_items, self.num_genres, self.max_history = num_items, num_genres, max_history
         genre_words = [f"genre{g}" for g in range(num_genres)]
         item_words = [f"item{i}" for i in range(1, num_items + 1)]
+        self.words = [*genre_words, *item_words]  # token ids len(SPECIALS) onwards
         # No unknown-word token (an unknown word is an error) and no automatic [BOS]: the
         # prompts put BOS first themselves, and titles are embedded without it.
-        self.tokenizer = fixed_word_tokenizer([*genre_words, *item_words], SPECIALS, unk=None,
-                                              add_bos=False)
+        self.tokenizer = fixed_word_tokenizer(self.words, SPECIALS)
         self.titles = [f"genre{self.genre(i)} item{i}" for i in range(1, num_items + 1)]
         self._title_tokens = [self.encode(t) for t in self.titles]
 

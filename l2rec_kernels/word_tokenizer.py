@@ -12,9 +12,9 @@ is saved as ``tokenizer.json`` (no pickle). Only the vocabulary differs:
 * ``build_word_tokenizer(texts, max_words)``: learnt from texts. Ids: 0 ``[PAD]``, 1
   ``[BOS]`` (put before every text), 2 ``[UNK]`` (a word outside the vocabulary: only
   possible when ``max_words`` cut it off), then the words by frequency.
-* ``fixed_word_tokenizer(words, specials, ...)``: a vocabulary given in order: the special
-  tokens first, then ``words`` (lower-case, as the normaliser makes every text), so ids
-  can be pinned.
+* ``fixed_word_tokenizer(words, specials, unk=..., bos=...)``: a vocabulary given in order:
+  the special tokens first, then ``words`` (lower-case, as the normaliser makes every
+  text), so ids can be pinned.
 
 ``prompt_texts`` is what a tokenizer for prompts built from a template must cover.
 """
@@ -41,33 +41,40 @@ def build_word_tokenizer(texts: Iterable[str], max_words: int | None = None):
     trainer = trainers.WordLevelTrainer(vocab_size=size, min_frequency=1, special_tokens=specials,
                                         show_progress=False)
     tok.train_from_iterator(texts, trainer)
-    return _wrap(tok, pad=PAD, bos=BOS, unk=UNK, add_bos=True)
+    return _wrap(tok, pad=PAD, bos=BOS, unk=UNK)
 
 
 def fixed_word_tokenizer(words: Sequence[str], specials: Sequence[str] = (PAD, BOS, UNK), *,
-                         unk: str | None = UNK, add_bos: bool = True):
-    """A ``PreTrainedTokenizerFast`` with ids ``specials`` (the first is padding, the second
-    the start token) then ``words``, in order. ``unk``: the special token an unknown word
-    becomes, or None to refuse unknown words (ValueError from ``encode_words``);
-    ``add_bos``: whether a call puts the start token before every text."""
+                         unk: str | None = None, bos: str | None = None):
+    """A ``PreTrainedTokenizerFast`` with ids ``specials`` (the first is padding) then
+    ``words``, in order. ``unk``: the special token an unknown word becomes, or None to refuse
+    unknown words (ValueError from ``encode_words``); ``bos``: a special token put before
+    every text, or None for none."""
     vocab = {w: i for i, w in enumerate([*specials, *words])}
     if len(vocab) != len(specials) + len(words):
         raise ValueError("words and specials must be distinct")
-    if unk is not None and unk not in specials:
-        raise ValueError(f"unk={unk!r} must be one of specials {list(specials)}")
+    for name, token in (("unk", unk), ("bos", bos)):
+        if token is not None and token not in specials:
+            raise ValueError(f"{name}={token!r} must be one of specials {list(specials)}")
     if any(w != w.lower() or not w or w.split() != [w] for w in words):
         raise ValueError("words must be lower-case and free of whitespace (the normaliser "
                          "lower-cases every text)")
-    return _wrap(_word_level(vocab, unk), pad=specials[0], bos=specials[1], unk=unk, add_bos=add_bos)
+    return _wrap(_word_level(vocab, unk), pad=specials[0], bos=bos, unk=unk)
 
 
 def encode_words(tokenizer, text: str) -> list[int]:
-    """``text``'s ids without special tokens; ValueError naming the text when a word is not
-    in a vocabulary that has no unknown-word token."""
+    """``text``'s ids without special tokens; ValueError naming the first unknown word when
+    the vocabulary has no unknown-word token."""
     try:
         return tokenizer.encode(text, add_special_tokens=False)
-    except Exception as exc:  # tokenizers raises a bare Exception for a missing word
-        raise ValueError(f"a word of {text!r} is not in the vocabulary ({exc})") from None
+    except Exception:  # tokenizers raises a bare Exception for a missing word: name it
+        backend = tokenizer.backend_tokenizer
+        vocab = backend.get_vocab()
+        words = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))
+        unknown = next((w for w, _ in words if w not in vocab), None)
+        if unknown is None:
+            raise
+        raise ValueError(f"unknown word {unknown!r}") from None
 
 
 def prompt_texts(titles: Iterable[str], template: str) -> list[str]:
@@ -87,14 +94,17 @@ def _word_level(vocab: dict[str, int] | None, unk: str | None):
     return tok
 
 
-def _wrap(tok, *, pad: str, bos: str, unk: str | None, add_bos: bool):
+def _wrap(tok, *, pad: str, bos: str | None, unk: str | None):
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    if add_bos:
+    tokens = {"pad_token": pad}
+    if bos is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos,
-                                 **({} if unk is None else {"unk_token": unk}))
+        tokens["bos_token"] = bos
+    if unk is not None:
+        tokens["unk_token"] = unk
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, **tokens)
     hf.padding_side = "left"  # the prompts' side (the model reads each prompt's last token)
     return hf

@@ -280,18 +280,14 @@ def _scores(out) -> dict:
 def checkpoint(tmp_path_factory):
     """A saved tiny model with a word-level tokenizer in its backbone directory and titles:
     (checkpoint dir, backbone dir, titles file)."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from transformers import PreTrainedTokenizerFast
+    from l2rec_kernels.word_tokenizer import fixed_word_tokenizer
 
     root = tmp_path_factory.mktemp("batch_ckpt")
     model, cat = build_tiny_model(NUM_ITEMS, seed=3)
     model.backbone.save_pretrained(root / "backbone")
     model.save_pretrained(root / "ckpt")
-    vocab = {"[PAD]": 0, "[UNK]": 1, ";": 2, **cat.tokenizer.vocab}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
-        root / "backbone")
+    # The catalogue's words at the catalogue's ids (after three specials), ";" the separator.
+    fixed_word_tokenizer(cat.words, ("[PAD]", "[UNK]", ";"), unk="[UNK]").save_pretrained(root / "backbone")
     (root / "titles.json").write_text(json.dumps(cat.titles))
     return root / "ckpt", root / "backbone", root / "titles.json"
 

@@ -251,28 +251,24 @@ def test_checkpoint_service_serves_the_saved_model(checkpoint, service):
 
 def test_checkpoint_service_builds_prompts_from_titles(checkpoint, tmp_path):
     """--titles with a backbone directory that has a Hugging Face tokenizer."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from transformers import PreTrainedTokenizerFast
+    from l2rec_kernels.word_tokenizer import fixed_word_tokenizer
 
     ckpt, backbone, cat = checkpoint
-    # A word-level tokenizer over the catalogue's own words (ids < the backbone's vocab), with
-    # ";" as the catalogue's separator token.
-    vocab = {"[PAD]": 0, "[UNK]": 1, ";": 2, **cat.tokenizer.vocab}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()  # "item5;" -> "item5", ";"
+    # A word-level tokenizer over the catalogue's own words, at the catalogue's ids (after
+    # three specials), with ";" as the separator token.
+    tokenizer = fixed_word_tokenizer(cat.words, ("[PAD]", "[UNK]", ";"), unk="[UNK]")
     with_tokenizer = tmp_path / "backbone"
     with_tokenizer.mkdir()
     for f in backbone.iterdir():
         (with_tokenizer / f.name).write_bytes(f.read_bytes())
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
-        with_tokenizer)
+    tokenizer.save_pretrained(with_tokenizer)
     titles = tmp_path / "titles.json"
     titles.write_text(json.dumps(cat.titles))
     svc = build_service(ServiceSpec(checkpoint=str(ckpt), backbone=str(with_tokenizer), titles=str(titles),
                                     prompt_template="{titles} ;", device="cpu", dtype="float32"))
     assert not svc.limits.requires_prompt_ids
     history = [5, 6, 7]
-    expected = [t for i in history for t in (*cat.tokenizer.encode(cat.titles[i - 1]), 2)]
+    expected = [t for i in history for t in (*cat.encode(cat.titles[i - 1]), 2)]
     assert svc.prompt_builder(history) == expected
     got = svc.recommend(svc.parse(json.dumps({"history": history})))
     assert _close(got, svc.recommend(svc.validate({"history": history, "prompt_ids": expected})))
@@ -297,8 +293,25 @@ def test_cli_checks_its_arguments():
 
     args = parse_args(["--port", "9000"])
     assert (args.host, args.replicas, args.max_batch_size, args.num_gpus) == ("127.0.0.1", 1, 32, 0)
-    with pytest.raises(SystemExit):
-        parse_args(["--port", "9000", "--checkpoint", "/x"])  # no --backbone
+    assert args.spec == ServiceSpec()
+    # ServiceSpec's own checks are argument errors, before anything starts.
+    for bad in (["--checkpoint", "/x"], ["--dtype", "float8"], ["--tiny-items", "0"]):
+        with pytest.raises(SystemExit) as info:
+            parse_args(["--port", "9000", *bad])
+        assert info.value.code == 2
+
+
+def test_importing_the_package_does_not_import_pydantic():
+    """Batch scoring runs without the serve extra: ``RecommendRequest`` (a pydantic model) is
+    imported on first use only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, l2rec_serving; assert 'pydantic' not in sys.modules; "
+            "from l2rec_serving import RecommendRequest; print(RecommendRequest.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "l2rec_serving.schema"
 
 
 # ----------------------------------------------------------------------------- AsyncBatcher
@@ -428,10 +441,13 @@ def test_ray_server_publishes_its_schema_and_limits(ray_server):
     import httpx
 
     schema = httpx.get(ray_server.url + "/openapi.json", timeout=30).json()
-    request = schema["components"]["schemas"]["RecommendRequest"]
-    assert request["properties"]["history"]["items"]["maximum"] == NUM_ITEMS
-    assert set(schema["paths"]["/recommend"]["post"]["responses"]) >= {"200", "400", "413", "422", "503"}
-    limits = httpx.get(ray_server.url + "/healthz", timeout=30).json()["limits"]
+    operation = schema["paths"]["/recommend"]["post"]
+    request = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert request["title"] == "RecommendRequest" and request["required"] == ["history"]
+    assert set(operation["responses"]) >= {"200", "400", "413", "422", "503"}
+    info = httpx.get(ray_server.url + "/healthz", timeout=30).json()  # the served ranges and limits
+    limits = info["limits"]
+    assert info["num_items"] == NUM_ITEMS
     assert (limits["max_queued"], limits["request_timeout_s"], limits["max_k"]) == (128, 30.0, NUM_ITEMS)
 
 

@@ -59,12 +59,32 @@ def _json_integers(case):
     return case
 
 
-def fuzz(schema, max_examples: int) -> collections.Counter:
+def _into_served_ranges(served: dict):
+    """The schema holds for every deployment, so its valid cases carry ids and k of any size:
+    folded into the ranges of the server that answers (``served``: its GET /healthz), they
+    reach the model instead of a 422."""
+    n, vocab, limits = served["num_items"], served["vocab_size"], served["limits"]
+
+    def fold(case):
+        body = case.body
+        if isinstance(body, dict):
+            body["history"] = [1 + (i - 1) % n for i in body["history"]][:limits["max_history_items"]]
+            if "k" in body:
+                body["k"] = 1 + (body["k"] - 1) % limits["max_k"]
+            if body.get("prompt_ids"):
+                body["prompt_ids"] = [t % vocab for t in body["prompt_ids"]][:limits["max_prompt_tokens"]]
+        return case
+    return fold
+
+
+def fuzz(schema, served: dict, max_examples: int) -> collections.Counter:
     """Run ``max_examples`` cases over the schema's operations: valid and invalid
-    ``/recommend`` bodies (schemathesis's positive and negative modes: the latter also as
-    generated) and the GET routes. Returns how many responses each (path, status) got."""
+    ``/recommend`` bodies (schemathesis's positive mode, as generated and respelled into the
+    ranges of the server whose GET /healthz is ``served``, and its negative mode) and the GET
+    routes. Returns how many responses each (path, status) got."""
     recommend = schema["/recommend"]["POST"]
-    strategy = st.one_of(recommend.as_strategy(GenerationMode.POSITIVE).map(_json_integers),
+    strategy = st.one_of(recommend.as_strategy(GenerationMode.POSITIVE).map(_json_integers)
+                         .map(_into_served_ranges(served)),
                          recommend.as_strategy(GenerationMode.POSITIVE),
                          recommend.as_strategy(GenerationMode.NEGATIVE),
                          schema["/healthz"]["GET"].as_strategy(), schema["/stats"]["GET"].as_strategy())
@@ -87,12 +107,12 @@ def _example_app():
     spec.loader.exec_module(module)
     service = build_service(ServiceSpec(tiny_num_items=NUM_ITEMS, seed=0, device="cpu"))
     # A short batch wait: cases come one at a time, so waiting for a fuller batch only adds time.
-    return module.create_app(service=service, max_wait_s=0.001)
+    return module.create_app(service=service, max_wait_s=0.001), service.info()
 
 
 def test_fuzz_in_process():
-    schema = schemathesis.openapi.from_asgi("/openapi.json", _example_app())
-    seen = fuzz(schema, max_examples=300)
+    app, served = _example_app()
+    seen = fuzz(schemathesis.openapi.from_asgi("/openapi.json", app), served, max_examples=300)
     # The run reached the model and the validator, not only one of them.
     recommend = {status: n for (path, status), n in seen.items() if path == "/recommend"}
     assert recommend.get(200, 0) > 0 and recommend.get(422, 0) > 0, seen
@@ -101,6 +121,8 @@ def test_fuzz_in_process():
 def test_fuzz_live_ray_server(tiny_ray_server):
     """conftest's shared server (the tiny model of NUM_ITEMS items), which test_serving.py
     also sends requests to: the cases come one at a time, so they never overload it."""
-    schema = schemathesis.openapi.from_url(tiny_ray_server.url + "/openapi.json")
-    seen = fuzz(schema, max_examples=80)
+    import httpx
+
+    served = httpx.get(tiny_ray_server.url + "/healthz", timeout=30).json()
+    seen = fuzz(schemathesis.openapi.from_url(tiny_ray_server.url + "/openapi.json"), served, max_examples=80)
     assert any(path == "/recommend" and status == 200 for path, status in seen), seen

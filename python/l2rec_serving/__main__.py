@@ -17,8 +17,8 @@ import threading
 from l2rec_kernels.models.compiled import SERVING_MODES
 
 from .admission import DEFAULT_MAX_QUEUED, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_AFTER_S, ServerLimits
-from .model_args import add_model_arguments, check_model_arguments, spec_from_args
-from .validation import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K, check_positive_int
+from .model_args import add_model_arguments, spec_from_args
+from .validation import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,16 +61,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     lim.add_argument("--retry-after-s", type=float, default=DEFAULT_RETRY_AFTER_S,
                      help=f"the Retry-After of a 503 (default {DEFAULT_RETRY_AFTER_S:g})")
     args = ap.parse_args(argv)
-    # The limits' own checks, as argument errors before anything starts.
+    # The spec's and the limits' own checks, as argument errors before anything starts.
+    args.spec = spec_from_args(ap, args, max_body_bytes=args.max_body_bytes,
+                               max_history_items=args.max_history_items, max_k=args.max_k,
+                               max_prompt_tokens=args.max_prompt_tokens, compile_mode=args.compile_mode)
     try:
         args.limits = ServerLimits(max_queued=args.max_queued, request_timeout_s=args.request_timeout_s,
                                    retry_after_s=args.retry_after_s)
-        for name in ("max_body_bytes", "max_history_items", "max_k", "max_prompt_tokens"):
-            if getattr(args, name) is not None:
-                check_positive_int(name, getattr(args, name))
     except ValueError as exc:  # the message names the setting (max_queued for --max-queued, ...)
         ap.error(str(exc))
-    check_model_arguments(ap, args)
     # Fail here, not after Ray has started, when a local checkpoint path is wrong. (On a
     # cluster the path need only exist on the replicas' nodes, so it is not checked then.)
     if args.checkpoint and not args.ray_address \
@@ -91,11 +90,8 @@ def main(argv=None) -> None:
     from . import ray_app
     done = threading.Event()
     _stop_on_signals(done)  # a Ctrl-C during start-up stops the server once it is up
-    spec = spec_from_args(args, max_body_bytes=args.max_body_bytes,
-                          max_history_items=args.max_history_items, max_k=args.max_k,
-                          max_prompt_tokens=args.max_prompt_tokens, compile_mode=args.compile_mode)
     try:  # stop() in finally: a failed start (e.g. a bad checkpoint) leaves no Ray behind
-        ray_app.start(spec, host=args.host, port=args.port, replicas=args.replicas,
+        ray_app.start(args.spec, host=args.host, port=args.port, replicas=args.replicas,
                       max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1e3,
                       num_gpus=args.num_gpus, num_cpus=args.num_cpus, ray_address=args.ray_address,
                       access_log=args.access_log, limits=args.limits)

@@ -21,17 +21,19 @@ and the app can be tested in-process without Ray.
 Every error, including 404 (unknown path) and 405 (wrong method), has one shape:
 ``{"error": "...", "errors": [{"field": ..., "message": ...}]}`` (``schema.ErrorResponse``).
 
-Why the request body is not a FastAPI ``Body`` parameter: FastAPI would then read and
-validate it with pydantic before our code runs, with its own 422 messages and no size
-check before reading. The route reads the body itself and ``validation`` checks it; the
-pydantic model (``schema.RecommendBody``) goes into ``/openapi.json`` through
-``openapi_extra``, with the served model's ranges added when the service is up.
+Why the request body is not a FastAPI ``Body`` parameter: FastAPI would read all of it
+before our code runs (no 413 as soon as it is too large, no request timeout while it is
+read) and validate it without the served model's limits (pydantic's validation context,
+which FastAPI does not pass). So the route reads the body itself and validates it with
+``schema.RecommendRequest`` and the service's limits, and declares the model's JSON schema
+as its request body (``openapi_extra``: FastAPI's way for a route that reads its own body).
+Everything ``/openapi.json`` says comes from these declarations and the models in
+``schema``; it is the same for every deployment (its ranges and limits: ``GET /healthz``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
@@ -40,9 +42,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admission import Admission, ServerLimits, request_timed_out
-from .schema import ErrorResponse, RecommendResponse, request_schema
+from .schema import ErrorResponse, RecommendRequest, RecommendResponse
 from .service import RecommenderService
-from .validation import FieldError, RecommendRequest, RequestError, body_too_large
+from .validation import FieldError, RequestError, body_too_large
 
 ROUTES = "POST /recommend, GET /healthz, GET /stats, GET /openapi.json"
 
@@ -60,6 +62,9 @@ RECOMMEND_RESPONSES: dict = {
                                       "schema": {"type": "integer"}}}},
     504: {**_ERROR, "description": "Not answered within request_timeout_s."},
 }
+# The body the route reads itself (create_api), declared for the schema.
+RECOMMEND_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": RecommendRequest.model_json_schema()}}}}
 
 
 def error_response(err: RequestError) -> JSONResponse:
@@ -172,9 +177,7 @@ def create_api(get_service: Callable[[], RecommenderService | None], submit: Sub
             raise internal_error(result)
         return result
 
-    @app.post("/recommend", response_model=None, responses=RECOMMEND_RESPONSES,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": request_schema()}}}})
+    @app.post("/recommend", response_model=None, responses=RECOMMEND_RESPONSES, openapi_extra=RECOMMEND_BODY)
     async def recommend(request: Request) -> JSONResponse:
         """The top k items for one user (the body: RecommendRequest)."""
         admission.enter()  # a 503 before any work when the server is full
@@ -187,19 +190,4 @@ def create_api(get_service: Callable[[], RecommenderService | None], submit: Sub
         finally:
             admission.leave()
 
-    generated = app.openapi
-
-    def openapi() -> dict:
-        # FastAPI's schema (it caches it) with the request schema moved to the components, as
-        # RecommendRequest, and, once the service is up, with the served model's id ranges
-        # and this server's limits in it.
-        schema = copy.deepcopy(generated())
-        service = get_service()
-        schema["components"]["schemas"]["RecommendRequest"] = request_schema(
-            None if service is None else service.limits)
-        body = schema["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]
-        body["schema"] = {"$ref": "#/components/schemas/RecommendRequest"}
-        return schema
-
-    app.openapi = openapi
     return app

@@ -34,7 +34,9 @@ class ServiceSpec:
 
     The request limits (``validation``): ``max_body_bytes`` (413 above it),
     ``max_history_items`` (history length), ``max_k`` (k is at most min(num_items, max_k))
-    and ``max_prompt_tokens`` (None: the backbone's own limit, at most 8192)."""
+    and ``max_prompt_tokens`` (None: the backbone's own limit, at most 8192).
+
+    Its command-line flags, and its checks as argument errors: ``model_args``."""
 
     checkpoint: str | None = None
     backbone: str | None = None
@@ -172,7 +174,7 @@ def build_builtin_model(spec: ServiceSpec, device: torch.device, dtype: torch.dt
         limit = prompt_limit(spec, model)
         # The synthetic catalogue's prompts start with BOS; a given prompt text does too.
         return (model, SyntheticPromptBuilder(cat, limit),
-                lambda text: [BOS, *cat.tokenizer.encode(text)][-limit:],
+                lambda text: [BOS, *cat.encode(text)][-limit:],
                 f"tiny-random (llama, {n} synthetic items)")
     from l2rec_kernels.models.shapes import MODEL_SHAPES
 

@@ -1,6 +1,9 @@
 """The command-line flags that choose the model (a ``loading.ServiceSpec``), declared once
 for the HTTP server (``python -m l2rec_serving``) and the batch scorer
-(``python -m l2rec_serving.batch``), with their cross-checks."""
+(``python -m l2rec_serving.batch``): ``add_model_arguments`` adds them to a parser and
+``spec_from_args`` builds the spec from them. The cross-checks are ``ServiceSpec``'s own
+(checkpoint with backbone, titles only with a checkpoint, known names, positive limits),
+reported as argument errors, so a CLI states no rule of its own about the model."""
 
 from __future__ import annotations
 
@@ -24,18 +27,15 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
                    help="catalogue size of the built-in model (default 200)")
 
 
-def check_model_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """The flags' cross-checks, as argparse errors (exit status 2) before anything starts."""
-    if (args.checkpoint is None) != (args.backbone is None):
-        ap.error("--checkpoint and --backbone go together")
-    if args.titles and not args.checkpoint:
-        ap.error("--titles needs --checkpoint (the tiny model has its own catalogue)")
-
-
-def spec_from_args(args: argparse.Namespace, **more):
-    """The ``ServiceSpec`` the model flags (and ``more`` of its fields) describe."""
+def spec_from_args(ap: argparse.ArgumentParser, args: argparse.Namespace, **more):
+    """The ``ServiceSpec`` the model flags (and ``more`` of its fields, from a CLI's own
+    flags) describe; what it refuses is an argparse error (exit status 2) before anything
+    starts."""
     from .loading import ServiceSpec
 
-    return ServiceSpec(checkpoint=args.checkpoint, backbone=args.backbone, titles=args.titles,
-                       prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
-                       tiny_num_items=args.tiny_items, **more)
+    try:
+        return ServiceSpec(checkpoint=args.checkpoint, backbone=args.backbone, titles=args.titles,
+                           prompt_template=args.prompt_template, device=args.device, dtype=args.dtype,
+                           tiny_num_items=args.tiny_items, **more)
+    except (TypeError, ValueError) as exc:  # the message names the field (checkpoint, max_k, ...)
+        ap.error(str(exc))

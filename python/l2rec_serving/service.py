@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,12 +27,14 @@ from .validation import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HISTORY_ITEMS,
     DEFAULT_MAX_K,
-    RecommendRequest,
     RequestLimits,
     check_positive_int,
     parse_request,
     validate_request,
 )
+
+if TYPE_CHECKING:
+    from .schema import RecommendRequest
 
 PromptBuilder = Callable[[Sequence[int]], list[int]]
 

@@ -4,26 +4,26 @@ This is the serving boundary: everything a client sends is checked here, with on
 message per bad field, *before* a request can join a batch. So a bad request gets a 4xx
 and can never fail (or read out of bounds in) a forward shared with other users.
 
-Rules (the README's serving section documents them for clients):
+* the body (``decode_body``): a JSON object (400 otherwise) of at most ``max_body_bytes``
+  (413);
+* its fields (``validate_request``, 422 with every bad field at once, unknown ones too):
+  the pydantic model ``schema.RecommendRequest`` declares them (types, ranges, defaults)
+  and checks them, with the deployment's ``RequestLimits`` (the served model's ranges, the
+  server's caps) as validation context.
 
-* the body is a JSON object (400 otherwise) of at most ``max_body_bytes`` (413);
-  unknown fields are rejected (422), so a typo such as ``exclude_histroy`` is not ignored;
-* ``history``: required, a non-empty list of int item ids in [1, num_items], at most
-  ``max_history_items`` long. The model reads the most recent ``max_history`` of them
-  (older ones are dropped, not rejected); ``exclude_history`` excludes all of them;
-* ``k``: an int in [1, min(num_items, max_k)] (default ``min(10, num_items, max_k)``);
-  with ``exclude_history`` it may not exceed the items left after excluding the history;
-* ``exclude_history``: a JSON boolean (default true);
-* ``prompt_ids``: optional non-empty list of int token ids in [0, vocab_size), at most
-  ``max_prompt_tokens`` long; required when the deployment has no prompt builder.
+This module does not import pydantic (``validate_request`` imports the model on first use),
+so the limits and errors here serve code without it (admission, batching, batch scoring).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-ALLOWED_FIELDS = ("history", "k", "exclude_history", "prompt_ids")
+if TYPE_CHECKING:
+    from .schema import RecommendRequest
+
 DEFAULT_K = 10
 # Request limits a deployment may change (ServiceSpec, CLI flags, app_builder keys). Defaults
 # are generous for real users and still bound the work one request can cause: the history's
@@ -99,49 +99,9 @@ class RequestLimits:
                 "max_k": self.k_max, "max_prompt_tokens": self.max_prompt_tokens}
 
 
-@dataclass(frozen=True)
-class RecommendRequest:
-    """A validated request. ``history`` is everything the client sent, in order."""
-
-    history: tuple[int, ...]
-    k: int
-    exclude_history: bool = True
-    prompt_ids: tuple[int, ...] | None = None
-
-    def model_history(self, max_history: int) -> tuple[int, ...]:
-        """The most recent ``max_history`` items: what the model's encoders read."""
-        return self.history[-max_history:]
-
-
-def _type_name(value) -> str:
+def json_type_name(value) -> str:
+    """The type of a decoded JSON value, for messages: "null" for None, else its Python name."""
     return "null" if value is None else type(value).__name__
-
-
-def _is_int(value) -> bool:
-    # JSON true/false arrive as Python bools, which are ints: they are not ids.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_id_list(name: str, value, low: int, high: int, max_len: int, what: str,
-                   errors: list[FieldError]) -> tuple[int, ...] | None:
-    """A non-empty list of ints in [low, high]; appends one message and returns None if not."""
-    if not isinstance(value, list):
-        errors.append(FieldError(name, f"{name} must be a list of {what}s, got {_type_name(value)}"))
-        return None
-    if not value:
-        errors.append(FieldError(name, f"{name} must not be empty"))
-        return None
-    if len(value) > max_len:
-        errors.append(FieldError(name, f"{name} has {len(value)} entries; at most {max_len} are accepted"))
-        return None
-    for i, v in enumerate(value):
-        if not _is_int(v):
-            errors.append(FieldError(name, f"{name}[{i}] must be an int {what}, got {v!r} ({_type_name(v)})"))
-            return None
-        if not low <= v <= high:
-            errors.append(FieldError(name, f"{name}[{i}] = {v} is out of range: {what}s are {low}..{high}"))
-            return None
-    return tuple(value)
 
 
 def body_too_large(size: str | int, max_body_bytes: int) -> RequestError:
@@ -167,52 +127,10 @@ def validate_request(payload, limits: RequestLimits) -> RecommendRequest:
     """A parsed JSON value -> ``RecommendRequest``; every bad field is reported at once."""
     if not isinstance(payload, dict):
         raise RequestError(400, [FieldError("body", "the request body must be a JSON object, got a "
-                                                    f"JSON {_type_name(payload)}")])
-    errors: list[FieldError] = []
-    for key in payload:
-        if key not in ALLOWED_FIELDS:
-            errors.append(FieldError(key, f"unknown field {key!r}; allowed fields are "
-                                          f"{list(ALLOWED_FIELDS)}"))
+                                                    f"JSON {json_type_name(payload)}")])
+    from .schema import RecommendRequest  # (pydantic, on first use: see the module docstring)
 
-    history = None
-    if "history" not in payload:
-        errors.append(FieldError("history", "history is required: a non-empty list of item ids"))
-    else:
-        history = _check_id_list("history", payload["history"], 1, limits.num_items,
-                                 limits.max_history_items, "item id", errors)
-
-    exclude = payload.get("exclude_history", True)
-    if not isinstance(exclude, bool):
-        errors.append(FieldError("exclude_history", "exclude_history must be true or false, got "
-                                                    f"{exclude!r} ({_type_name(exclude)})"))
-        exclude = None
-
-    k = payload.get("k", limits.default_k)
-    if not _is_int(k):
-        errors.append(FieldError("k", f"k must be an int, got {k!r} ({_type_name(k)})"))
-    elif not 1 <= k <= limits.k_max:
-        why = (f"the catalogue has {limits.num_items} items" if limits.k_max == limits.num_items
-               else f"this server's max_k is {limits.max_k}")
-        errors.append(FieldError("k", f"k must be in [1, {limits.k_max}] ({why}), got {k}"))
-    elif exclude and history is not None:
-        left = limits.num_items - len(set(history))
-        if k > left:
-            errors.append(FieldError("k", f"k = {k} is more than the {left} catalogue items left after "
-                                          f"excluding the {len(set(history))} distinct history items; "
-                                          "lower k or set exclude_history to false"))
-
-    prompt = payload.get("prompt_ids")
-    if prompt is None:
-        if limits.requires_prompt_ids:
-            errors.append(FieldError("prompt_ids", "prompt_ids is required: this deployment has no "
-                                                   "prompt builder, so send the tokenised prompt"))
-    else:
-        prompt = _check_id_list("prompt_ids", prompt, 0, limits.vocab_size - 1,
-                                limits.max_prompt_tokens, "token id", errors)
-
-    if errors:
-        raise RequestError(422, errors)
-    return RecommendRequest(history=history, k=k, exclude_history=exclude, prompt_ids=prompt)
+    return RecommendRequest.from_payload(payload, limits)
 
 
 def parse_request(body: bytes | str, limits: RequestLimits) -> RecommendRequest:

@@ -22,7 +22,7 @@ import tempfile
 
 from l2rec_kernels.models.shapes import MODEL_SHAPES
 
-from ..model_args import add_model_arguments, check_model_arguments, spec_from_args
+from ..model_args import add_model_arguments, spec_from_args
 from ..validation import DEFAULT_MAX_HISTORY_ITEMS
 from .options import DEFAULT_RETRIES, DEFAULT_ROWS_PER_FILE, BatchOptions
 from .rows import FORMATS
@@ -62,11 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "real model's widths")
     ap.add_argument("--demo-users", type=int, default=2000, help="synthetic users without --users")
     args = ap.parse_args(argv)
-    check_model_arguments(ap, args)
+    args.spec = spec_from_args(ap, args, model_shape=args.model_shape)
     if args.checkpoint and not args.users:
         ap.error("--users is required with --checkpoint (synthetic users are for the tiny model)")
-    if args.model_shape and args.checkpoint:
-        ap.error("--model-shape builds a random-weight model: give it or --checkpoint, not both")
     try:
         args.options = BatchOptions(k=args.k, batch_size=args.batch_size, actors=args.actors,
                                     threads=args.threads, gpus_per_actor=args.gpus_per_actor,
@@ -82,7 +80,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from .job import run_job
 
-    spec = spec_from_args(args, model_shape=args.model_shape)
     users = args.users
     if users is None:
         from .demo import write_users
@@ -96,7 +93,7 @@ def main(argv=None) -> int:
 
     had_ray = ray.is_initialized()
     try:
-        run_job(users, args.out, spec, args.options, ray_address=args.ray_address, command=command)
+        run_job(users, args.out, args.spec, args.options, ray_address=args.ray_address, command=command)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"l2rec_serving.batch: error: {exc}", file=sys.stderr)
         return 1
