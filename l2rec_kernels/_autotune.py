@@ -59,6 +59,7 @@ from ._atomic import atomic_write
 from ._compat import mark_constant_for_dynamo
 from ._dtypes import dtype_name
 from ._timing import ms_per_call
+from ._validation import being_traced
 from ._version import __version__
 
 FORMAT_VERSION = 1
@@ -253,7 +254,7 @@ def static_shapes_compile() -> bool:
 
 
 def _may_measure(device: torch.device) -> bool:
-    if not measuring_enabled() or torch.compiler.is_compiling():
+    if not measuring_enabled() or being_traced():
         return False
     if device.type == "cuda":
         # A measurement synchronises, and cannot run inside a graph capture.
@@ -276,7 +277,7 @@ def choose(op: str, device: torch.device, dtype: torch.dtype, rows: tuple[tuple[
     """
     if len(candidates) < 2:
         return default
-    if torch.compiler.is_compiling():
+    if being_traced():
         # Only a graph compiled with static shapes (dynamic=False) may look its bucket up:
         # where a size can be symbolic, computing the bucket would specialise the graph on
         # it (a recompile per size), so such graphs take the default.

@@ -10,10 +10,12 @@ suite passed with. Nothing else in the package touches a dependency's underscore
   writes and reads checkpoints, so ours are safetensors written by ``save_pretrained``) or
   call (``_prepare_inputs``). An override of a renamed method would silently never run:
   ``check_trainer_private_api`` turns that into an error when a trainer class is defined.
-* torch: ``Tensor._version`` (the in-place modification counter, a cache key) and
-  Dynamo's ``_dynamo_marked_constant`` marker (what ``torch.compiler.assume_constant_result``
-  sets; written out because importing ``torch.compiler``'s helper imports Dynamo and
-  triton, which must not happen at package import).
+* torch: ``Tensor._version`` (the in-place modification counter, a cache key),
+  ``torch._subclasses.fake_tensor.is_fake`` (whether a tensor is a tracer's stand-in,
+  which has no values to read), and Dynamo's ``_dynamo_marked_constant`` marker (what
+  ``torch.compiler.assume_constant_result`` sets; written out because importing
+  ``torch.compiler``'s helper imports Dynamo and triton, which must not happen at package
+  import).
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def set_attn_implementation(config, implementation: str) -> None:
 def tensor_version(t: torch.Tensor) -> int:
     """The tensor's in-place modification counter (bumped by every in-place op on it)."""
     return t._version
+
+
+def is_fake_tensor(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a fake tensor (or wraps one): the stand-in ``make_fx`` and non-strict
+    export trace with, which has shapes but no values."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
 
 
 def mark_constant_for_dynamo(fn):

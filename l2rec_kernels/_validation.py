@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ._compat import is_fake_tensor
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
@@ -51,11 +53,23 @@ def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None]) -> N
         raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
 
 
+def being_traced(*tensors) -> bool:
+    """Whether this thread's code is being traced rather than run: Dynamo traces it
+    (torch.compile, export), or a tensor among ``tensors`` (None allowed) is a tracer's
+    fake tensor (make_fx, non-strict export). Unlike ``torch.compiler.is_compiling()``, a
+    process-wide flag that is True in every thread while any thread compiles, this answers
+    for the calling thread: a server's eager forwards keep their checks and fast paths while
+    another thread compiles."""
+    if torch.compiler.is_dynamo_compiling():
+        return True
+    return any(t is not None and is_fake_tensor(t) for t in tensors)
+
+
 def values_are_free(t: torch.Tensor) -> bool:
     """Whether reading ``t``'s values on the host is free: a CPU tensor in eager mode. On CUDA
     it would cost a device->host sync, under torch.compile a graph break; value checks and
     host-side planning run only where this is True."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    return t.device.type == "cpu" and not being_traced(t)
 
 
 def check_range(name: str, t: torch.Tensor, low: int, high: int) -> None:

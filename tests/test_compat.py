@@ -25,6 +25,25 @@ def test_tensor_version_counts_in_place_changes():
     assert _compat.tensor_version(t) == before + 2
 
 
+def test_is_fake_tensor_tells_a_tracers_stand_in_from_a_real_tensor():
+    """make_fx traces with fake tensors (as non-strict export does): ``being_traced`` says
+    so there, and not for a real tensor in eager code."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from l2rec_kernels._compat import is_fake_tensor
+    from l2rec_kernels._validation import being_traced, values_are_free
+
+    real = torch.ones(2)
+    assert not is_fake_tensor(real) and not being_traced(real) and values_are_free(real)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(real)
+    assert is_fake_tensor(fake) and being_traced(fake) and not values_are_free(fake)
+    seen = []
+    make_fx(lambda t: seen.append(being_traced(t)) or t + 1, tracing_mode="fake")(real)
+    assert seen == [True]
+
+
 def test_the_dynamo_marker_is_assume_constant_result():
     def f():
         return 1

@@ -12,10 +12,11 @@ import threading
 
 import pytest
 import torch
-from model_utils import batch, make_pair, paper_overrides, repad, run_in_threads
+from model_utils import NUM_ITEMS, batch, make_pair, paper_overrides, repad, run_in_threads
 from tolerances import REL_TOL, rel_err
 from torch._dynamo.utils import counters
 
+from l2rec_kernels._validation import values_are_free
 from l2rec_kernels.models import adapters
 
 TOL = REL_TOL[torch.float32]
@@ -142,6 +143,12 @@ def test_eager_threads_ignore_another_threads_compile(monkeypatch):
     got = run_in_threads(work, 4)
     for i in range(4):
         assert rel_err(got[i], want[i]) < TOL, i
+    # Nor do the eager checks and host-side paths: values are still free to read, and a bad
+    # item id is still refused by name (both would be skipped "while compiling").
+    assert values_are_free(batches[0]["history_ids"])
+    bad = dict(batches[0], history_ids=batches[0]["history_ids"].clone().fill_(NUM_ITEMS + 1))
+    with pytest.raises(ValueError, match="history_ids"):
+        model(**bad)
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .._backend import BACKENDS
 from .._compat import attn_implementation, tensor_version
 from .._dispatch import planned_backend
-from .._validation import values_are_free
+from .._validation import being_traced, values_are_free
 from ..ops.batch_metadata import batch_metadata
 from ..ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch
 from ..ops.route import route
@@ -124,7 +124,7 @@ class FusedContext(adapters.RoutingContext):
         torch.compile traces a padded forward: from shapes, so the path can skip the zero
         half of the concatenated expert GEMMs without reading metadata on the host (which
         it does in eager mode on the CPU)."""
-        if self.rows_per_seq is None or not torch.compiler.is_compiling():
+        if self.rows_per_seq is None or not being_traced(self.gates):
             return None
         which = planned_backend("dpmoe_linear", self.backend, device.type)
         if which != "torch":
@@ -277,7 +277,7 @@ class FusedL2Rec(L2RecBase):
         positions = meta.position_ids.repeat(NUM_VIEWS, 1)
         # Packed input has data-dependent shapes (the number of attended tokens), which a
         # compiled graph cannot take: under torch.compile the padded path runs instead.
-        packed = self.uses_packing() and not torch.compiler.is_compiling()
+        packed = self.uses_packing() and not being_traced(input_ids)
         if packed:  # sequence s owns packed rows cu_seqlens[s] .. cu_seqlens[s+1]-1
             cu = meta.cu_seqlens
         else:       # ... or padded rows s·T .. s·T+T-1
@@ -328,7 +328,7 @@ class FusedL2Rec(L2RecBase):
         the host (a sync per forward); a prepared mask skips it. Only for the backbones the
         layer shortcuts know (their masks are plain causal + padding), without a sliding
         window narrower than the prompt, under sdpa or eager attention."""
-        if not grad or values_are_free(mask) or torch.compiler.is_compiling():
+        if not grad or values_are_free(mask) or being_traced(mask):
             return None  # (compiled, the backbone's preparation reads no values either)
         impl = attn_implementation(self.backbone.config)
         if (impl not in ("sdpa", "eager") or self._shortcuts.last_layer is None

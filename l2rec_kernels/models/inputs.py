@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validation import check_int, check_range, check_shape, check_tensor
+from .._validation import being_traced, check_int, check_range, check_shape, check_tensor
 
 
 @dataclass
@@ -108,7 +108,7 @@ def validated_forward_inputs(input_ids, attention_mask, history_ids, candidate_i
     then depend on that op (each is the argument plus the op's zero), so the compiler cannot
     run anything that reads them (an embedding lookup, say) before the checks.
     """
-    if not (check_values and torch.compiler.is_compiling()):
+    if not (check_values and being_traced(input_ids)):
         mask = check_forward_inputs(input_ids, attention_mask, history_ids, candidate_ids, labels,
                                     vocab_size=vocab_size, num_items=num_items,
                                     max_history=max_history, check_values=check_values)
