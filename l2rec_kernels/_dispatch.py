@@ -133,26 +133,27 @@ def refuse_grad(op: str, backend: str, *tensors) -> None:
             "torch.no_grad() / torch.inference_mode()")
 
 
-def serves_reason(op: str, backend: str, dtype: torch.dtype, sizes) -> str | None:
+def _unserved(op: str, backend: str, dtype: torch.dtype, sizes) -> tuple[type, str] | None:
     """None when ``backend`` of ``op`` serves inputs of ``dtype`` and ``sizes`` ((name,
-    value), ...), else why not."""
+    value), ...; every size the backend limits must be among them), else (the error type
+    to raise: TypeError for a dtype, ValueError for a size, and why)."""
     spec = TABLE[op][backend]
     if spec.dtypes is not None and dtype not in spec.dtypes:
         names = ", ".join(dtype_name(d) for d in spec.dtypes)
-        return f"{DTYPE_INPUT[op]} dtypes {names}, got {dtype_name(dtype)}"
+        return TypeError, f"{DTYPE_INPUT[op]} dtypes {names}, got {dtype_name(dtype)}"
     values = dict(sizes)
     for name, limit in spec.max_sizes:
         if values[name] > limit:
-            return f"{name} <= {limit}, got {name}={values[name]}"
+            return ValueError, f"{name} <= {limit}, got {name}={values[name]}"
     return None
 
 
 def check_serves(op: str, backend: str, dtype: torch.dtype, sizes) -> None:
     """Raise when ``backend`` cannot serve these inputs: TypeError for a dtype, ValueError
     for a size, naming the op, the backend and the limit."""
-    reason = serves_reason(op, backend, dtype, sizes)
-    if reason is not None:
-        error = TypeError if reason.startswith(DTYPE_INPUT[op]) else ValueError
+    problem = _unserved(op, backend, dtype, sizes)
+    if problem is not None:
+        error, reason = problem
         raise error(f"{op} backend={backend!r} supports {reason}; use backend='torch' or 'auto'")
 
 
@@ -176,7 +177,7 @@ def select(op: str, backend: str, device: torch.device, dtype: torch.dtype, *,
     grad = needs_grad(*grad_inputs)
     candidates = tuple(
         b for b in _usable(op, device.type)
-        if serves_reason(op, b, dtype, sizes) is None and not (grad and TABLE[op][b].inference_only))
+        if _unserved(op, b, dtype, sizes) is None and not (grad and TABLE[op][b].inference_only))
     default = "torch" if device.type != "cuda" else candidates[0]
     if not _autotune.measures(device.type) or run is None:
         return default
