@@ -254,7 +254,7 @@ def static_shapes_compile() -> bool:
 
 
 def _may_measure(device: torch.device) -> bool:
-    if not measuring_enabled() or being_traced():
+    if not measuring_enabled():  # (choose has returned already while being traced)
         return False
     if device.type == "cuda":
         # A measurement synchronises, and cannot run inside a graph capture.

@@ -84,6 +84,7 @@ DTYPE_INPUT = {"dpmoe_linear": "x", "route": "logits", "topk_items": "query",
 
 
 def check_backend_name(backend) -> str:
+    """``backend`` if it is one of ``BACKENDS``, else a ValueError listing them."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
@@ -97,15 +98,12 @@ def planned_backend(op: str, backend: str, device_type: str) -> str:
     arguments: a compiled graph evaluates it once, at trace time."""
     check_backend_name(backend)
     row = TABLE[op]
-    device = torch.device(device_type)
     if backend == "auto":
-        if device_type != "cuda":
-            return "torch"
-        return next(b for b in row if unavailable_reason(b, device) is None)
+        return _usable(op, device_type)[0] if device_type == "cuda" else "torch"
     if backend not in row:
         raise ValueError(f"backend={backend!r} is not implemented for {op}; it supports "
                          f"{tuple(row)}")
-    reason = unavailable_reason(backend, device)
+    reason = unavailable_reason(backend, torch.device(device_type))
     if reason is not None:
         raise ValueError(f"backend={backend!r} cannot run {op} here: {reason}")
     return backend

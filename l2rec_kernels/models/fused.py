@@ -38,9 +38,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .._backend import BACKENDS
 from .._compat import attn_implementation, tensor_version
-from .._dispatch import planned_backend
+from .._dispatch import check_backend_name, planned_backend
 from .._validation import being_traced, values_are_free
 from ..ops.batch_metadata import batch_metadata
 from ..ops.dpmoe_linear import dpmoe_linear, dpmoe_linear_torch
@@ -195,9 +194,7 @@ class FusedL2Rec(L2RecBase):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if not isinstance(value, str) or value not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
-        self._backend = value
+        self._backend = check_backend_name(value)
 
     @property
     def packing(self) -> str:

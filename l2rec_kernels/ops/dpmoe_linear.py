@@ -163,23 +163,25 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
         return y
     lengths = None if per_row_gates else (cu_seqlens[1:] - cu_seqlens[:-1]).long()
 
-    def coefficients(row_lo, row_hi, seq_lo, seq_hi):                          # [n, E]
+    def add_run_experts(y_run, x_run, row_lo, row_hi, seq_lo, seq_hi, v) -> None:
+        """y_run += the experts of view ``v`` on x_run, the run's rows (in place)."""
         if per_row_gates:
-            return gates[row_lo:row_hi] * scaling
-        return torch.repeat_interleave(gates[seq_lo:seq_hi] * scaling, lengths[seq_lo:seq_hi],
-                                       dim=0, output_size=row_hi - row_lo)
+            coef = gates[row_lo:row_hi] * scaling                                # [n, E]
+        else:
+            coef = torch.repeat_interleave(gates[seq_lo:seq_hi] * scaling, lengths[seq_lo:seq_hi],
+                                           dim=0, output_size=row_hi - row_lo)
+        _add_experts(y_run, x_run, lora_a[v].reshape(E * R, d_in), b_all[v], coef, R, shared)
 
     # Each run's base GEMM is its own, right before its experts update its rows: the run's
     # output is then still in cache, and a GEMM over half the rows of a stacked batch runs
     # as fast per row as the reference's per-view GEMMs.
     if not needs_grad(x, weight, bias, lora_a, lora_b, gates, shared_a, shared_b):
         y = x.new_empty((M, d_out)) if base is None else base
-        for row_lo, row_hi, seq_lo, seq_hi, v in runs:
-            y_run, x_run = y[row_lo:row_hi], x[row_lo:row_hi]  # row ranges: contiguous memory
+        for run in runs:
+            y_run, x_run = y[run[0]:run[1]], x[run[0]:run[1]]  # row ranges: contiguous memory
             if base is None:
                 _linear_into(y_run, x_run, weight, bias)
-            _add_experts(y_run, x_run, lora_a[v].reshape(E * R, d_in), b_all[v],
-                         coefficients(row_lo, row_hi, seq_lo, seq_hi), R, shared)
+            add_run_experts(y_run, x_run, *run)
         return y
     # Under autograd each run gets an output of its own, joined by one cat: in-place updates
     # of row ranges of one output would make backward copy the whole output once per range
@@ -188,10 +190,9 @@ def dpmoe_linear_torch(x, weight, bias, lora_a, lora_b, gates, seq_view, cu_seql
     xs = x.split(sizes)
     bases = base.split(sizes) if base is not None else [None] * len(runs)
     parts = []
-    for x_run, base_run, (row_lo, row_hi, seq_lo, seq_hi, v) in zip(xs, bases, runs):
+    for x_run, base_run, run in zip(xs, bases, runs):
         y_run = F.linear(x_run, weight, bias) if base_run is None else base_run.clone()
-        _add_experts(y_run, x_run, lora_a[v].reshape(E * R, d_in), b_all[v],
-                     coefficients(row_lo, row_hi, seq_lo, seq_hi), R, shared)
+        add_run_experts(y_run, x_run, *run)
         parts.append(y_run)
     return torch.cat(parts)
 
