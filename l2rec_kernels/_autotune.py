@@ -56,7 +56,7 @@ import torch
 
 from . import settings
 from ._atomic import atomic_write
-from ._compat import mark_constant_for_dynamo
+from ._compat import compile_assumes_static_shapes, mark_constant_for_dynamo
 from ._dtypes import dtype_name
 from ._timing import ms_per_call
 from ._validation import being_traced
@@ -248,9 +248,7 @@ def cached_choice(device_type: str, index: int | None, key: str, candidates: tup
 def static_shapes_compile() -> bool:
     """While torch.compile traces: whether every size is a plain int (``dynamic=False``, which
     turns automatic dynamic shapes off). Read once, at trace time."""
-    from torch._dynamo import config  # (loaded: something is compiling)
-
-    return config.assume_static_by_default and not config.automatic_dynamic_shapes
+    return compile_assumes_static_shapes()
 
 
 def _may_measure(device: torch.device) -> bool:

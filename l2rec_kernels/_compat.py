@@ -15,7 +15,9 @@ suite passed with. Nothing else in the package touches a dependency's underscore
   which has no values to read), and Dynamo's ``_dynamo_marked_constant`` marker (what
   ``torch.compiler.assume_constant_result`` sets; written out because importing
   ``torch.compiler``'s helper imports Dynamo and triton, which must not happen at package
-  import).
+  import), and Dynamo's config (``assume_static_by_default``, ``automatic_dynamic_shapes``:
+  how ``torch.compile(dynamic=...)`` says whether sizes may be symbolic, which no public API
+  tells a function being traced).
 """
 
 from __future__ import annotations
@@ -62,6 +64,14 @@ def mark_constant_for_dynamo(fn):
     calls ``fn`` once while tracing and bakes in the answer. Returns ``fn``."""
     fn._dynamo_marked_constant = True
     return fn
+
+
+def compile_assumes_static_shapes() -> bool:
+    """Whether torch.compile traces every size as a plain int (``dynamic=False`` sets this
+    for the compile it runs). Imports Dynamo: ask it only while something compiles."""
+    from torch._dynamo import config
+
+    return config.assume_static_by_default and not config.automatic_dynamic_shapes
 
 
 def check_trainer_private_api(trainer_cls: type) -> None:

@@ -70,10 +70,25 @@ def test_a_marked_function_is_called_once_at_trace_time_not_traced():
     def f(x):
         return x * setting()
 
-    torch._dynamo.reset()
+    torch.compiler.reset()
     assert torch.equal(f(torch.ones(2)), torch.full((2,), 3.0))
     f(torch.ones(2))
     assert len(calls) == 1  # baked into the graph
+
+
+@pytest.mark.parametrize("dynamic, static", [(False, True), (None, False)])
+def test_compile_assumes_static_shapes_only_under_dynamic_false(dynamic, static):
+    """Asked while a compile runs (here, from its backend): dynamic=False says every size is
+    an int; the default (sizes turn symbolic once they change) does not."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(_compat.compile_assumes_static_shapes())
+        return gm.forward
+
+    torch.compiler.reset()
+    torch.compile(lambda x: x * 2, backend=backend, dynamic=dynamic)(torch.ones(3))
+    assert seen == [static]
 
 
 def test_trainer_private_methods_are_as_our_trainers_expect():
