@@ -2,7 +2,9 @@
 
 Each has a test in ``tests/test_compat.py`` that fails loudly when the dependency changes
 it, and ``pyproject.toml`` bounds torch and transformers above at the newest versions the
-suite passed with. Nothing else in the package touches a dependency's underscored names.
+suite passed with. Nothing else in the package touches a dependency's underscored names, save ``torch._check``
+(documented in torch's API reference despite its name: the condition check that compiled
+code and fake-tensor kernels can carry).
 
 * transformers: ``config._attn_implementation`` (which attention kernel a loaded model
   runs; there is no public getter for a config), and the ``Trainer`` methods our trainers
@@ -11,6 +13,7 @@ suite passed with. Nothing else in the package touches a dependency's underscore
   call (``_prepare_inputs``). An override of a renamed method would silently never run:
   ``check_trainer_private_api`` turns that into an error when a trainer class is defined.
 * torch: ``Tensor._version`` (the in-place modification counter, a cache key),
+  ``Tensor._base`` (the tensor a view shares memory with: Dynamo guards on view-ness),
   ``torch._subclasses.fake_tensor.is_fake`` (whether a tensor is a tracer's stand-in,
   which has no values to read), and Dynamo's ``_dynamo_marked_constant`` marker (what
   ``torch.compiler.assume_constant_result`` sets; written out because importing
@@ -49,6 +52,11 @@ def set_attn_implementation(config, implementation: str) -> None:
 def tensor_version(t: torch.Tensor) -> int:
     """The tensor's in-place modification counter (bumped by every in-place op on it)."""
     return t._version
+
+
+def is_view(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a view of another tensor's memory (a slice, a ``view``, ...)."""
+    return t._base is not None
 
 
 def is_fake_tensor(t: torch.Tensor) -> bool:

@@ -25,6 +25,13 @@ def test_tensor_version_counts_in_place_changes():
     assert _compat.tensor_version(t) == before + 2
 
 
+def test_is_view_tells_a_view_from_a_tensor_of_its_own():
+    t = torch.arange(6.0)
+    assert not _compat.is_view(t) and not _compat.is_view(t.clone())
+    assert _compat.is_view(t[1:]) and _compat.is_view(t.view(2, 3)) and _compat.is_view(t[::2][1:])
+    assert not _compat.is_view(t.view(2, 3).contiguous().clone())
+
+
 def test_is_fake_tensor_tells_a_tracers_stand_in_from_a_real_tensor():
     """make_fx traces with fake tensors (as non-strict export does): ``being_traced`` says
     so there, and not for a real tensor in eager code."""

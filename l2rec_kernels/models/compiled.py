@@ -41,6 +41,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._compat import is_view
 from .inputs import L2RecOutput, check_forward_inputs
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -173,7 +174,7 @@ class CompiledRecommender:
         padded = pad_batch(input_ids, mask, history_ids, rows, length, self.model.config.max_history)
         # Dynamo guards on whether an input is a view (a chunk, or the caller's slice): give
         # the graph plain tensors always, so views do not compile graphs of their own.
-        padded = [t if t._base is None else t.clone() for t in padded]
+        padded = [t.clone() if is_view(t) else t for t in padded]
         with self._lock:
             if self.cuda_graphs:  # a new replay may overwrite the previous one's outputs
                 torch.compiler.cudagraph_mark_step_begin()
