@@ -33,16 +33,16 @@ from l2rec_serving.admission import (  # noqa: E402
     ServerLimits,
 )
 from l2rec_serving.http_api import create_api  # noqa: E402
-from l2rec_serving.prompts import SyntheticPromptBuilder  # noqa: E402
-from l2rec_serving.schema import ErrorResponse, RecommendRequest, RecommendResponse  # noqa: E402
-from l2rec_serving.service import max_prompt_tokens  # noqa: E402
-from l2rec_serving.validation import (  # noqa: E402
+from l2rec_serving.limits import (  # noqa: E402
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HISTORY_ITEMS,
     DEFAULT_MAX_K,
     RequestError,
-    validate_request,
 )
+from l2rec_serving.prompts import SyntheticPromptBuilder  # noqa: E402
+from l2rec_serving.schema import ErrorResponse, RecommendRequest, RecommendResponse  # noqa: E402
+from l2rec_serving.service import max_prompt_tokens  # noqa: E402
+from l2rec_serving.validation import validate_request  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

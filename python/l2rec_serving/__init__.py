@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from .admission import Overloaded, ServerLimits
 from .batcher import AsyncBatcher
+from .limits import FieldError, RequestError, RequestLimits
 from .loading import ServiceSpec, build_service, build_tiny_model
 from .service import BatchStats, RecommenderService
-from .validation import FieldError, RequestError, RequestLimits
 
 if TYPE_CHECKING:
     from .schema import RecommendRequest

@@ -17,8 +17,8 @@ import threading
 from l2rec_kernels.models.compiled import SERVING_MODES
 
 from .admission import DEFAULT_MAX_QUEUED, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_AFTER_S, ServerLimits
+from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K
 from .model_args import add_model_arguments, spec_from_args
-from .validation import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K
 
 
 def parse_args(argv=None) -> argparse.Namespace:

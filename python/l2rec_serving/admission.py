@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .validation import FieldError, RequestError, check_positive_int
+from .limits import FieldError, RequestError, check_positive_int
 
 # A replica holds at most this many requests: enough for a running batch and several
 # gathering behind it at the default max_batch_size (32), so a load of 32 concurrent clients

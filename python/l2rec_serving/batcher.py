@@ -30,7 +30,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 from .admission import DEFAULT_RETRY_AFTER_S, Overloaded, ServerLimits
-from .validation import check_positive_int
+from .limits import check_positive_int
 
 
 class AsyncBatcher:

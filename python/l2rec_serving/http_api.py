@@ -42,9 +42,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admission import Admission, ServerLimits, request_timed_out
+from .limits import FieldError, RequestError, body_too_large
 from .schema import ErrorResponse, RecommendRequest, RecommendResponse
 from .service import RecommenderService
-from .validation import FieldError, RequestError, body_too_large
 
 ROUTES = "POST /recommend, GET /healthz, GET /stats, GET /openapi.json"
 

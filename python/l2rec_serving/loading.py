@@ -24,7 +24,7 @@ import torch
 
 from l2rec_kernels._dtypes import DTYPES
 
-from .validation import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K, check_positive_int
+from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_MAX_K, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ServiceSpec:
     """Which model to serve and where. ``device``/``dtype`` "auto": CUDA and bfloat16 where a
     GPU is visible (a GPU replica), else CPU and float32.
 
-    The request limits (``validation``): ``max_body_bytes`` (413 above it),
+    The request limits (``limits.RequestLimits``): ``max_body_bytes`` (413 above it),
     ``max_history_items`` (history length), ``max_k`` (k is at most min(num_items, max_k))
     and ``max_prompt_tokens`` (None: the backbone's own limit, at most 8192).
 

@@ -63,8 +63,8 @@ if BackpressureConfig is None or inspect.signature(serve.ingress).parameters["ap
 
 from .admission import DEFAULT_MAX_QUEUED, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_AFTER_S, ServerLimits
 from .http_api import create_api
+from .limits import check_positive_int
 from .loading import ServiceSpec, build_service
-from .validation import check_positive_int
 
 DEFAULT_MAX_BATCH_SIZE = 32
 # How long a replica waits to fill a batch: longer buys throughput under load, shorter

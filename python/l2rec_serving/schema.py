@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from .validation import DEFAULT_K, FieldError, RequestError, RequestLimits, json_type_name
+from .limits import DEFAULT_K, FieldError, RequestError, RequestLimits, json_type_name
 
 FIRST_ITEM_ID = 1  # item ids are 1-based (0 is the models' padding)
 FIRST_TOKEN_ID = 0

@@ -23,15 +23,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .validation import (
+from .limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HISTORY_ITEMS,
     DEFAULT_MAX_K,
     RequestLimits,
     check_positive_int,
-    parse_request,
-    validate_request,
 )
+from .validation import parse_request, validate_request
 
 if TYPE_CHECKING:
     from .schema import RecommendRequest
@@ -80,7 +79,7 @@ class RecommenderService:
 
     ``prompt_builder`` maps a (most recent ``max_history``) history to prompt token ids;
     None means requests must carry ``prompt_ids``. The keyword limits bound what one request
-    may carry (``validation``); ``max_prompt_tokens`` None means the backbone's own limit
+    may carry (``limits``); ``max_prompt_tokens`` None means the backbone's own limit
     (``max_prompt_tokens(model)``), and a larger value is refused, since the backbone could
     not read such a prompt.
     """

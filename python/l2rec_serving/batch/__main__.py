@@ -22,8 +22,8 @@ import tempfile
 
 from l2rec_kernels.models.shapes import MODEL_SHAPES
 
+from ..limits import DEFAULT_MAX_HISTORY_ITEMS
 from ..model_args import add_model_arguments, spec_from_args
-from ..validation import DEFAULT_MAX_HISTORY_ITEMS
 from .options import DEFAULT_RETRIES, DEFAULT_ROWS_PER_FILE, BatchOptions
 from .rows import FORMATS
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..validation import DEFAULT_MAX_HISTORY_ITEMS, check_positive_int
+from ..limits import DEFAULT_MAX_HISTORY_ITEMS, check_positive_int
 
 # Rows per scoring call = FORWARDS_PER_CALL x batch_size: a call sorts its rows by prompt
 # length and runs them in forwards of batch_size, so each forward pads only to the longest
