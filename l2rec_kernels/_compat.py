@@ -2,9 +2,9 @@
 
 Each has a test in ``tests/test_compat.py`` that fails loudly when the dependency changes
 it, and ``pyproject.toml`` bounds torch and transformers above at the newest versions the
-suite passed with. Nothing else in the package touches a dependency's underscored names, save ``torch._check``
-(documented in torch's API reference despite its name: the condition check that compiled
-code and fake-tensor kernels can carry).
+suite passed with. Nothing else in the package touches a dependency's underscored names,
+save ``torch._check`` (documented in torch's API reference despite its name: the condition
+check that compiled code and fake-tensor kernels can carry).
 
 * transformers: ``config._attn_implementation`` (which attention kernel a loaded model
   runs; there is no public getter for a config), and the ``Trainer`` methods our trainers

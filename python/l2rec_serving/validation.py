@@ -25,6 +25,7 @@ from .limits import FieldError, RequestError, RequestLimits, body_too_large, jso
 if TYPE_CHECKING:
     from .schema import RecommendRequest
 
+
 def decode_body(body: bytes | str, limits: RequestLimits):
     """Raw body -> parsed JSON value, or a 400/413 ``RequestError``."""
     if len(body) > limits.max_body_bytes:
